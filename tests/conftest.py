@@ -1,0 +1,82 @@
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+torch.manual_seed(0)
+
+
+def data_dir() -> Path:
+    root = os.environ.get("WORKBENCH_DATA") or Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+    return Path(root)
+
+
+@pytest.fixture(scope="session")
+def imagenet_sample() -> Path:
+    """The shared ImageNet sample; skips (or fails in CI) when it is absent."""
+    folder = data_dir() / "imagenet-sample"
+    if not folder.is_dir():
+        if os.environ.get("WORKBENCH_REQUIRE_DATA"):
+            pytest.fail(f"WORKBENCH_REQUIRE_DATA is set but {folder} is missing")
+        pytest.skip(f"shared ImageNet sample not found at {folder}; set WORKBENCH_DATA to the folder holding it")
+    return folder
+
+
+@pytest.fixture(autouse=True)
+def _fresh_settings(tmp_path, monkeypatch):
+    """Keep tests away from the user's real settings."""
+    monkeypatch.setenv("WORKBENCH_SETTINGS_DIR", str(tmp_path / "settings"))
+
+
+class TinyNet(nn.Module):
+    """Conv-BN-ReLU6 blocks, a residual and a classifier: enough to exercise every path."""
+
+    def __init__(self, classes: int = 10):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, 2, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU6())
+        self.body = nn.Sequential(nn.Conv2d(16, 32, 1, bias=False), nn.BatchNorm2d(32), nn.ReLU6(),
+                                  nn.Conv2d(32, 32, 3, 1, 1, groups=32, bias=False), nn.BatchNorm2d(32), nn.ReLU6(),
+                                  nn.Conv2d(32, 16, 1, bias=False), nn.BatchNorm2d(16))
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.flatten = nn.Flatten(1)
+        self.fc = nn.Linear(16, classes)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = x + self.body(x)
+        return self.fc(self.flatten(self.pool(x)))
+
+
+@pytest.fixture
+def tiny():
+    torch.manual_seed(0)
+    model = TinyNet().eval()
+    with torch.no_grad():  # non-trivial BatchNorm statistics
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 2.0)
+    return model
+
+
+@pytest.fixture
+def tiny_inputs():
+    g = torch.Generator().manual_seed(1)
+    return [torch.randn(1, 3, 32, 32, generator=g) for _ in range(16)]
+
+
+def write_images(folder: Path, names: list[str], size=(40, 50)) -> list[Path]:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    paths = []
+    for name in names:
+        p = folder / name
+        p.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (*size, 3), dtype=np.uint8)).save(p)
+        paths.append(p)
+    return paths

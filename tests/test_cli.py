@@ -1,0 +1,43 @@
+import json
+
+import pytest
+
+from conftest import write_images
+from workbench.cli import main
+
+
+def test_compare_json_on_sample_photos(capsys, tmp_path):
+    code = main(["compare", "--images", "samples", "--limit", "3", "--bits", "8", "--runs", "3",
+                 "--calibration", "3", "--out", str(tmp_path), "--json"])
+    assert code == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["images"] == 3 and report["labelled"] == 0 and report["skipped"] == []
+    o, q = report["original"], report["optimized"]
+    assert o["top1"] is None and o["top5"] is None
+    for key in ("latency_ms", "size_bytes", "params", "nonzero_params", "macs"):
+        assert key in o and key in q
+    assert q["kernels"].startswith("int8") and q["simulated"] is False
+    assert 0 <= q["agreement"] <= 1 and q["kl"] >= 0
+    assert q["size_bytes"] == (tmp_path / "optimized.pt").stat().st_size
+    assert q["size_bytes"] < 0.4 * o["size_bytes"]
+
+
+def test_compare_table_with_a_broken_image(capsys, tmp_path):
+    write_images(tmp_path, ["n01440764_a.png", "n01443537_b.png"], size=(64, 64))
+    (tmp_path / "n01484850_c.jpg").write_bytes(b"garbage")
+    code = main(["compare", "--images", str(tmp_path), "--bits", "4", "--runs", "2"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "simulated" in out and "skipped 1 unreadable" in out and "top-1" in out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--sparsity", "2"], "sparsity"),
+    (["--bits", "9"], "bits"),
+    (["--images", "/no/such/folder"], "no such"),
+    (["--model", "nonsense_net"], "unknown model"),
+])
+def test_bad_arguments_exit_2_with_one_line(capsys, args, message):
+    assert main(["compare", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1

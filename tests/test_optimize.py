@@ -1,0 +1,140 @@
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from workbench.core.config import OptimizationConfig
+from workbench.core.measure import count_macs, count_params, packed_state, unpack_codes, write_model_file
+from workbench.core.optimize import optimize
+
+
+def _snapshot(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+CONFIGS = [
+    OptimizationConfig(sparsity=0.5),
+    OptimizationConfig(sparsity=0.5, prune_method="unstructured-global"),
+    OptimizationConfig(sparsity=0.5, prune_method="structured"),
+    OptimizationConfig(bits=8),
+    OptimizationConfig(bits=4, quant_scheme="weights"),
+    OptimizationConfig(bits=4, quant_scheme="weights-activations"),
+    OptimizationConfig(bits=16),
+    OptimizationConfig(sparsity=0.3, prune_method="structured", bits=8),
+]
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: c.label())
+def test_original_is_never_changed(tiny, tiny_inputs, config):
+    before = _snapshot(tiny)
+    result = optimize(tiny, config, tiny_inputs[:4])
+    after = tiny.state_dict()
+    assert before.keys() == after.keys()
+    for k in before:
+        assert torch.equal(before[k], after[k]), k
+    with torch.no_grad():  # the optimized copy still runs
+        assert result.model(tiny_inputs[0]).shape == (1, 10)
+
+
+def _conv_weights(model):
+    return [m.weight for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+
+
+def test_unstructured_per_layer_reaches_the_sparsity_in_every_layer(tiny):
+    result = optimize(tiny, OptimizationConfig(sparsity=0.5))
+    for w in _conv_weights(result.model):
+        assert (w == 0).float().mean().item() == pytest.approx(0.5, abs=0.05)
+    assert "no speedup expected" in result.description
+
+
+def test_global_pruning_spreads_unevenly_but_hits_the_total(tiny):
+    result = optimize(tiny, OptimizationConfig(sparsity=0.6, prune_method="unstructured-global"))
+    ws = _conv_weights(result.model)
+    zeros = sum((w == 0).sum().item() for w in ws) / sum(w.numel() for w in ws)
+    assert zeros == pytest.approx(0.6, abs=0.02)
+    per_layer = [(w == 0).float().mean().item() for w in ws]
+    assert max(per_layer) - min(per_layer) > 0.05
+
+
+def test_structured_pruning_removes_channels_and_macs(tiny, tiny_inputs):
+    result = optimize(tiny, OptimizationConfig(sparsity=0.5, prune_method="structured"), tiny_inputs[:2])
+    p0, _ = count_params(tiny)
+    p1, _ = count_params(result.model)
+    assert p1 < 0.6 * p0
+    assert count_macs(result.model, tiny_inputs[0]) < 0.6 * count_macs(tiny, tiny_inputs[0])
+    assert result.model.fc.out_features == 10  # the classes are kept
+
+
+def test_int8_runs_on_quantized_kernels_and_stays_close(tiny, tiny_inputs):
+    result = optimize(tiny, OptimizationConfig(bits=8), tiny_inputs)
+    assert result.kernels.startswith("int8") and not result.simulated
+    kinds = {type(m).__module__ for m in result.model.modules()}
+    assert any("quantized" in k for k in kinds)
+    with torch.no_grad():
+        ref = torch.cat([tiny(x) for x in tiny_inputs])
+        out = torch.cat([result.model(x) for x in tiny_inputs])
+    assert torch.allclose(ref, out, atol=0.1 * ref.abs().max().item())
+
+
+def test_relu6_stays_relu6_in_int8():
+    """ReLU6 is fused as ReLU with an output range clipped at 6: check large activations clip."""
+    model = nn.Sequential(nn.Conv2d(1, 1, 1, bias=False), nn.BatchNorm2d(1), nn.ReLU6()).eval()
+    with torch.no_grad():
+        model[0].weight.fill_(1.0)
+    x = [torch.linspace(-2, 20, 64).reshape(1, 1, 8, 8)]
+    result = optimize(model, OptimizationConfig(bits=8), x)
+    out = result.model(x[0])
+    assert out.max().item() == pytest.approx(6.0, abs=0.05)
+    assert out.min().item() == pytest.approx(0.0, abs=0.05)
+
+
+def test_simulated_low_bits_round_weights_per_channel(tiny):
+    result = optimize(tiny, OptimizationConfig(bits=3, quant_scheme="weights"))
+    assert result.simulated and "simulated" in result.description
+    for w in _conv_weights(result.model):
+        for row in w.reshape(w.shape[0], -1):
+            assert len(torch.unique(row)) <= 2 ** 3
+
+
+def test_prune_and_quantize_combine(tiny, tiny_inputs):
+    result = optimize(tiny, OptimizationConfig(sparsity=0.5, bits=4, quant_scheme="weights"), tiny_inputs)
+    for w in _conv_weights(result.model):
+        assert (w == 0).float().mean().item() >= 0.45
+
+
+def test_packed_files_shrink_with_bits_and_round_trip(tiny, tmp_path):
+    sizes = {}
+    for bits in (8, 4, 2):
+        result = optimize(tiny, OptimizationConfig(bits=bits, quant_scheme="weights"))
+        sizes[bits], fmt = write_model_file(tmp_path / f"m{bits}.wbpack", result.float_model,
+                                            quant_bits=result.quant_bits)
+        assert fmt == "workbench-packed-v1"
+        assert sizes[bits] == (tmp_path / f"m{bits}.wbpack").stat().st_size
+    dense, _ = write_model_file(tmp_path / "dense.pt", tiny)
+    assert dense > sizes[8] > sizes[4] > sizes[2]
+    # codes unpack to the rounded weights
+    result = optimize(tiny, OptimizationConfig(bits=4, quant_scheme="weights"))
+    arrays = packed_state(result.float_model, result.quant_bits)
+    w = result.float_model.body[0].weight.detach()
+    codes = unpack_codes(arrays["body.0.weight:q4"], 4, w.numel()).reshape(w.shape[0], -1)
+    scale = arrays["body.0.weight:scale"][:, None]
+    np.testing.assert_allclose(codes * scale, w.reshape(w.shape[0], -1).numpy(), rtol=1e-5, atol=1e-7)
+
+
+def test_sparse_encoding_makes_pruned_files_smaller(tiny, tmp_path):
+    result = optimize(tiny, OptimizationConfig(sparsity=0.8))
+    sparse, _ = write_model_file(tmp_path / "s.wbpack", result.float_model, sparse=True)
+    dense, _ = write_model_file(tmp_path / "d.wbpack", tiny, sparse=True)
+    assert sparse < 0.5 * dense
+
+
+def test_packed_file_reads_back(tiny, tmp_path):
+    from workbench.core.measure import load_packed
+
+    result = optimize(tiny, OptimizationConfig(bits=4, quant_scheme="weights"))
+    write_model_file(tmp_path / "m.wbpack", result.float_model, quant_bits=result.quant_bits)
+    back = load_packed(tmp_path / "m.wbpack")
+    ref = packed_state(result.float_model, result.quant_bits)
+    assert back.keys() == ref.keys()
+    for k in ref:
+        np.testing.assert_array_equal(back[k], ref[k])

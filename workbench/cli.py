@@ -1,0 +1,137 @@
+"""``python -m workbench``: the headless twin of the window."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+
+def _compare_parser(sub) -> None:
+    p = sub.add_parser("compare", help="measure a model and its optimized copy on images")
+    p.add_argument("--model", default="efficientnet_lite0", help="model name or file (default: %(default)s)")
+    p.add_argument("--weights", choices=["default", "none"], default="default",
+                   help="'none': random weights (marked as such)")
+    p.add_argument("--arch", help="architecture of a state-dict file")
+    p.add_argument("--trust", action="store_true", help="allow loading a pickled model file (runs its code)")
+    p.add_argument("--images", default=None, help="folder, image, video or camera index (default: sample photos)")
+    p.add_argument("--limit", type=int, default=None, help="use at most N images")
+    p.add_argument("--sparsity", type=float, default=0.0, help="0 to 0.95")
+    p.add_argument("--prune-method", default="unstructured",
+                   choices=["unstructured", "unstructured-global", "structured"])
+    p.add_argument("--bits", type=int, default=32, help="32 (off), 16, 8 .. 2")
+    p.add_argument("--quant-scheme", choices=["weights", "weights-activations"], default=None,
+                   help="default: weights-activations at 8 bits (real int8), weights below")
+    p.add_argument("--per-tensor", action="store_true", help="one scale per tensor instead of per channel")
+    p.add_argument("--exclude", action="append", default=[], help="layer name to leave alone (repeatable)")
+    p.add_argument("--calibration", type=int, default=32, help="calibration images (default: %(default)s)")
+    p.add_argument("--runs", type=int, default=30, help="timed runs for latency (default: %(default)s)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    p.add_argument("--out", default=None, help="folder for the model files whose size is reported")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def _fail(message: str) -> int:
+    print(f"workbench: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _fmt_bytes(n: int) -> str:
+    return f"{n / 1e6:.2f} MB"
+
+
+def _table(report: dict) -> str:
+    o, q = report["original"], report["optimized"]
+
+    def pct(v):
+        return "-" if v is None else f"{v:.1%}"
+
+    rows = [
+        ("top-1", pct(o["top1"]), pct(q["top1"])),
+        ("top-5", pct(o["top5"]), pct(q["top5"])),
+        ("agreement with original", "", pct(q["agreement"])),
+        ("mean KL from original", "", f"{q['kl']:.4f}"),
+        ("latency median / p90 (ms)", f"{o['latency_ms']['median']:.1f} / {o['latency_ms']['p90']:.1f}",
+         f"{q['latency_ms']['median']:.1f} / {q['latency_ms']['p90']:.1f}"),
+        ("file size", _fmt_bytes(o["size_bytes"]), _fmt_bytes(q["size_bytes"])),
+        ("parameters (non-zero)", f"{o['params']:,} ({o['nonzero_params']:,})",
+         f"{q['params']:,} ({q['nonzero_params']:,})"),
+        ("MACs", f"{o['macs'] or 0:,}", f"{q['macs'] or 0:,}"),
+        ("kernels", "fp32", q["kernels"] + (" [simulated]" if q["simulated"] else "")),
+    ]
+    width = max(len(r[0]) for r in rows)
+    lines = [f"{report['model']} on {report['source']}: {report['images']} images "
+             f"({report['labelled']} labelled), {report['threads']} threads",
+             f"{'':{width}}  {'original':>24}  {'optimized':>24}"]
+    lines += [f"{a:{width}}  {b:>24}  {c:>24}" for a, b, c in rows]
+    lines.append(f"what ran: {q['description']}")
+    lines += [f"note: {n}" for n in q["notes"]]
+    if report["skipped"]:
+        lines.append(f"skipped {len(report['skipped'])} unreadable file(s):")
+        lines += [f"  {s['path']}: {s['reason']}" for s in report["skipped"]]
+    return "\n".join(lines)
+
+
+def run_compare(args) -> int:
+    from .core.config import ConfigError, OptimizationConfig
+    from .core.models import ModelLoadError, load_model
+    from .core.optimize import OptimizeError
+    from .core.sources import SourceError, open_source
+    from .core.compare import compare_steps
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    if args.limit is not None and args.limit < 1:
+        return _fail("--limit must be at least 1")
+    scheme = args.quant_scheme or ("weights-activations" if args.bits == 8 else "weights")
+    try:
+        config = OptimizationConfig(sparsity=args.sparsity, prune_method=args.prune_method, bits=args.bits,
+                                    quant_scheme=scheme, per_channel=not args.per_tensor,
+                                    exclude=tuple(args.exclude))
+        source = open_source(args.images, args.limit)
+        loaded = load_model(args.model, weights=args.weights, trust=args.trust, arch=args.arch)
+    except (ConfigError, SourceError, ModelLoadError) as exc:
+        return _fail(str(exc))
+    report = None
+    try:
+        for step in compare_steps(loaded, source, config, limit=args.limit, calibration_images=args.calibration,
+                                  latency_runs=args.runs, out_dir=args.out):
+            if isinstance(step, str):
+                if sys.stderr.isatty():
+                    print(f"\r{step:60}", end="", file=sys.stderr, flush=True)
+            else:
+                report = step
+    except (OptimizeError, ValueError) as exc:
+        return _fail(str(exc))
+    if sys.stderr.isatty():
+        print("\r" + " " * 60 + "\r", end="", file=sys.stderr)
+    print(json.dumps(report, indent=1) if args.json else _table(report))
+    return 0
+
+
+def run_gui(args) -> int:
+    from .app import run
+
+    return run(model=args.model, source=args.images)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="workbench", description=__doc__)
+    sub = parser.add_subparsers(dest="command")
+    _compare_parser(sub)
+    g = sub.add_parser("gui", help="open the window (the default)")
+    g.add_argument("--model", default=None)
+    g.add_argument("--images", default=None)
+    args = parser.parse_args(argv)
+    if args.command == "compare":
+        return run_compare(args)
+    if args.command is None:
+        args = parser.parse_args(["gui", *(argv or [])])
+    return run_gui(args)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

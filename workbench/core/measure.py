@@ -1,0 +1,209 @@
+"""Honest numbers: latency, file size, parameters, MACs, memory, accuracy."""
+
+from __future__ import annotations
+
+import json
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .quantize import QUANT_LAYERS, fake_quantize_weight
+
+PACKED_FORMAT = "workbench-packed-v1"
+
+
+@dataclass(frozen=True)
+class Latency:
+    median: float
+    p90: float
+    runs: int
+    threads: int
+
+    def to_dict(self) -> dict:
+        return {"median": round(self.median, 3), "p90": round(self.p90, 3), "runs": self.runs,
+                "threads": self.threads}
+
+
+def measure_latency(model: nn.Module, example: torch.Tensor, runs: int = 30, warmup: int = 5) -> Latency:
+    """Batch-1 latency in ms: ``warmup`` untimed runs, then the median and p90 of ``runs``."""
+    times = []
+    with torch.inference_mode():
+        for _ in range(warmup):
+            model(example)
+        for _ in range(runs):
+            start = time.perf_counter()
+            model(example)
+            times.append((time.perf_counter() - start) * 1000)
+    times.sort()
+    p90 = times[min(len(times) - 1, int(round(0.9 * (len(times) - 1))))]
+    return Latency(statistics.median(times), p90, runs, torch.get_num_threads())
+
+
+def count_params(model: nn.Module) -> tuple[int, int]:
+    """(parameters, non-zero parameters)."""
+    total = nonzero = 0
+    for p in model.parameters():
+        total += p.numel()
+        nonzero += int(torch.count_nonzero(p).item())
+    return total, nonzero
+
+
+def count_macs(model: nn.Module, example: torch.Tensor) -> int:
+    """Multiply-accumulates of one forward pass through the conv and linear layers
+    (dense: zeroed weights are still multiplied)."""
+    total = 0
+
+    def hook(module, inputs, output):
+        nonlocal total
+        if isinstance(module, nn.Conv2d):
+            kh, kw = module.kernel_size
+            total += output.numel() * (module.in_channels // module.groups) * kh * kw
+        else:
+            total += output.numel() * module.in_features
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, QUANT_LAYERS)]
+    try:
+        with torch.inference_mode():
+            model(example)
+    finally:
+        for h in handles:
+            h.remove()
+    return total
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident memory of this process so far."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024
+
+
+def _pack_codes(codes: np.ndarray, bits: int) -> np.ndarray:
+    """Signed integer codes -> a byte array holding ``bits`` bits per code."""
+    unsigned = (codes.astype(np.int64) + (1 << (bits - 1))).astype(np.uint16)
+    planes = ((unsigned[:, None] >> np.arange(bits, dtype=np.uint16)) & 1).astype(np.uint8)
+    return np.packbits(planes.reshape(-1))
+
+
+def unpack_codes(packed: np.ndarray, bits: int, count: int) -> np.ndarray:
+    planes = np.unpackbits(packed)[: count * bits].reshape(count, bits).astype(np.int64)
+    return (planes << np.arange(bits)).sum(1) - (1 << (bits - 1))
+
+
+def packed_state(model: nn.Module, quant_bits: dict[str, int], per_channel: bool = True) -> dict[str, np.ndarray]:
+    """Arrays of the packed file: quantized weights as ``bits``-bit codes plus scales,
+    weights with many zeros as a bit mask plus their non-zero values; the rest float32."""
+    arrays: dict[str, np.ndarray] = {}
+    modules = dict(model.named_modules())
+    for key, tensor in model.state_dict().items():
+        if not torch.is_tensor(tensor) or not tensor.is_floating_point():
+            continue
+        layer, _, kind = key.rpartition(".")
+        bits = quant_bits.get(layer, 32) if kind == "weight" and isinstance(modules.get(layer), QUANT_LAYERS) else 32
+        flat = tensor.detach().float().reshape(-1)
+        mask = flat != 0
+        sparse = kind == "weight" and mask.float().mean().item() < 0.9
+        arrays[f"{key}:shape"] = np.array(tensor.shape, dtype=np.int32)
+        if sparse:
+            arrays[f"{key}:mask"] = np.packbits(mask.numpy())
+        if bits <= 8:
+            codes, scale = fake_quantize_weight(tensor.detach().float(), bits, per_channel)
+            codes = codes.reshape(-1)
+            values = codes[mask] if sparse else codes
+            arrays[f"{key}:q{bits}"] = _pack_codes(values.numpy().astype(np.int64), bits)
+            arrays[f"{key}:scale"] = scale.reshape(-1).numpy().astype(np.float32)
+        else:
+            values = flat[mask] if sparse else flat
+            dtype = np.float16 if bits == 16 else np.float32
+            arrays[f"{key}:f{bits}"] = values.numpy().astype(dtype)
+    return arrays
+
+
+def save_packed(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """The packed container: a magic line, a JSON index (name, dtype, shape, offset), raw bytes."""
+    index, offset = {}, 0
+    for name, a in arrays.items():
+        index[name] = [a.dtype.str, list(a.shape), offset]
+        offset += a.nbytes
+    header = json.dumps(index, separators=(",", ":")).encode()
+    with open(path, "wb") as f:
+        f.write(b"WBPACK1\n" + len(header).to_bytes(4, "little") + header)
+        for a in arrays.values():
+            f.write(np.ascontiguousarray(a).tobytes())
+
+
+def load_packed(path: Path) -> dict[str, np.ndarray]:
+    data = Path(path).read_bytes()
+    if not data.startswith(b"WBPACK1\n"):
+        raise ValueError(f"{path}: not a workbench packed file")
+    n = int.from_bytes(data[8:12], "little")
+    index = json.loads(data[12:12 + n])
+    base = 12 + n
+    out = {}
+    for name, (dtype, shape, offset) in index.items():
+        dt = np.dtype(dtype)
+        count = int(np.prod(shape)) if shape else 1
+        out[name] = np.frombuffer(data, dt, count, base + offset).reshape(shape)
+    return out
+
+
+def write_model_file(path: Path, model: nn.Module, *, quant_bits: dict[str, int] | None = None,
+                     per_channel: bool = True, sparse: bool = False) -> tuple[int, str]:
+    """Write ``model`` to ``path`` the way it would be shipped; returns (bytes, format).
+
+    A dense float or real-int8 model is a ``torch.save`` state dict; simulated low bit
+    widths and pruned weights go to the packed format (an uncompressed ``.npz``)."""
+    path = Path(path)
+    if quant_bits or sparse:
+        save_packed(path, packed_state(model, quant_bits or {}, per_channel))
+        fmt = PACKED_FORMAT
+    elif isinstance(model, torch.jit.ScriptModule):
+        model.save(str(path))
+        fmt = "torchscript"
+    else:
+        torch.save(model.state_dict(), path)
+        fmt = "torch-state-dict"
+    return path.stat().st_size, fmt
+
+
+@dataclass
+class Predictions:
+    """Output distributions of one model over a set of frames."""
+
+    probs: torch.Tensor  # N x classes
+
+    @property
+    def top1(self) -> torch.Tensor:
+        return self.probs.argmax(1)
+
+    def accuracy(self, labels: Sequence[int | None]) -> tuple[float | None, float | None]:
+        """(top-1, top-5) over the labelled frames; (None, None) when there are none."""
+        idx = [i for i, y in enumerate(labels) if y is not None]
+        if not idx:
+            return None, None
+        y = torch.tensor([labels[i] for i in idx])
+        top5 = self.probs[idx].topk(min(5, self.probs.shape[1]), dim=1).indices
+        return (top5[:, 0] == y).float().mean().item(), (top5 == y[:, None]).any(1).float().mean().item()
+
+
+def agreement(a: Predictions, b: Predictions) -> float:
+    return (a.top1 == b.top1).float().mean().item()
+
+
+def mean_kl(reference: Predictions, other: Predictions) -> float:
+    """Mean KL(reference || other) over frames, in nats."""
+    p = reference.probs.clamp_min(1e-12)
+    q = other.probs.clamp_min(1e-12)
+    return (p * (p.log() - q.log())).sum(1).mean().item()
+
+
+def predict(model: nn.Module, inputs: Sequence[torch.Tensor]) -> Predictions:
+    with torch.inference_mode():
+        return Predictions(torch.cat([torch.softmax(model(x).float(), 1) for x in inputs]))

@@ -1,0 +1,163 @@
+"""``optimize(model, config, calibration)``: pruning and quantization in one step.
+
+The caller's model is never changed: everything works on a deep copy.  The long
+version, :func:`optimize_steps`, is a generator that yields progress messages
+and stops cleanly when the consumer stops iterating (that is how work is cancelled).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from .config import OptimizationConfig
+from .quantize import (QUANT_LAYERS, float_layers, int8_engine, quantize_int8,
+                       simulate_activation_quant, simulate_weight_quant_)
+
+
+class OptimizeError(Exception):
+    """The model cannot be optimized this way; the message says why."""
+
+
+@dataclass
+class OptimizedModel:
+    """The result of :func:`optimize`.
+
+    ``model`` is what runs; ``float_model`` is the same network before int8
+    conversion (pruned, weights rounded), used to count parameters and MACs and to
+    write the packed file.  ``quant_bits`` maps layer names to their bit width.
+    """
+
+    model: nn.Module
+    float_model: nn.Module
+    config: OptimizationConfig
+    kernels: str = "fp32"
+    quant_bits: dict[str, int] = field(default_factory=dict)
+    float_fallback: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def simulated(self) -> bool:
+        return self.config.simulated
+
+    @property
+    def description(self) -> str:
+        """What actually ran, in a few words, for the UI and the table."""
+        cfg, parts = self.config, []
+        if cfg.bits < 32:
+            if cfg.real_int8:
+                parts.append(f"int8 kernels ({self.kernels})")
+            else:
+                what = "weights" if cfg.quant_scheme == "weights" else "weights+activations"
+                parts.append(f"{cfg.bits}-bit {what} simulated (float kernels)")
+        if cfg.sparsity:
+            if cfg.prune_method == "structured":
+                parts.append(f"{cfg.sparsity:.0%} of channels removed: smaller dense layers")
+            else:
+                parts.append(f"{cfg.sparsity:.0%} zeros in dense kernels: no speedup expected")
+        return "; ".join(parts) or "unchanged (fp32)"
+
+
+def prunable_layers(model: nn.Module, exclude: Sequence[str] = ()) -> dict[str, nn.Module]:
+    skip = set(exclude)
+    return {n: m for n, m in model.named_modules() if isinstance(m, QUANT_LAYERS) and n not in skip}
+
+
+def prune_unstructured_(model: nn.Module, sparsity: float, global_: bool, exclude: Sequence[str] = ()) -> None:
+    """Zero the smallest-magnitude weights in place, per layer or over all layers together."""
+    layers = prunable_layers(model, exclude)
+    with torch.no_grad():
+        if global_:
+            scores = torch.cat([m.weight.abs().flatten() for m in layers.values()])
+            k = int(sparsity * scores.numel())
+            if k == 0:
+                return
+            threshold = scores.kthvalue(k).values
+            for m in layers.values():
+                m.weight.mul_(m.weight.abs() > threshold)
+        else:
+            for m in layers.values():
+                w = m.weight
+                k = int(sparsity * w.numel())
+                if k:
+                    threshold = w.abs().flatten().kthvalue(k).values
+                    w.mul_(w.abs() > threshold)
+
+
+def prune_structured_(model: nn.Module, sparsity: float, example: torch.Tensor,
+                      exclude: Sequence[str] = (), round_to: int = 1) -> Iterator[str]:
+    """Remove whole channels (L2 magnitude) with torch-pruning, in place; yields progress."""
+    import torch_pruning as tp
+
+    names = dict(model.named_modules())
+    ignored = [names[n] for n in exclude if n in names]
+    ignored += [m for m in model.modules() if isinstance(m, nn.Linear)]  # keep the classes
+    pruner = tp.pruner.MagnitudePruner(
+        model, example, importance=tp.importance.MagnitudeImportance(p=2), pruning_ratio=sparsity,
+        ignored_layers=ignored, round_to=round_to if round_to > 1 else None)
+    groups = list(pruner.step(interactive=True))
+    for i, group in enumerate(groups):
+        group.prune()
+        yield f"pruning channels: {i + 1}/{len(groups)} groups"
+
+
+def optimize_steps(model: nn.Module, config: OptimizationConfig,
+                   calibration: Sequence[torch.Tensor]) -> Iterator[str | OptimizedModel]:
+    """Yields progress strings, then the :class:`OptimizedModel`. ``model`` is not changed."""
+    if isinstance(model, torch.jit.ScriptModule) and not config.is_identity:
+        raise OptimizeError("TorchScript models can be measured but not optimized; load a state dict instead")
+    work = copy.deepcopy(model).eval()
+    result = OptimizedModel(work, work, config)
+    if config.sparsity:
+        yield f"pruning ({config.prune_method}, {config.sparsity:.0%})"
+        if config.prune_method == "structured":
+            if not calibration:
+                raise OptimizeError("structured pruning needs one example image")
+            yield from prune_structured_(work, config.sparsity, calibration[0], config.exclude, config.round_to)
+        else:
+            prune_unstructured_(work, config.sparsity, config.prune_method == "unstructured-global", config.exclude)
+    if config.bits < 32:
+        result.quant_bits = {n: config.bits for n in prunable_layers(work, config.exclude)}
+        if config.real_int8:
+            if not calibration:
+                raise OptimizeError("int8 needs calibration images")
+            final = None
+            for step in quantize_int8(work, calibration, config.per_channel, config.exclude):
+                if isinstance(step, str):
+                    yield step
+                else:
+                    final = step
+            result.model = final
+            result.kernels = f"int8-{int8_engine()}"
+            result.float_fallback = float_layers(final)
+            for name in result.float_fallback:
+                result.quant_bits.pop(name, None)
+            if result.float_fallback:
+                result.notes.append("float fallback (no fast int8 kernel): " + ", ".join(result.float_fallback))
+        else:
+            simulate_weight_quant_(work, config.bits, config.per_channel, config.exclude)
+            result.kernels = f"fp32 (simulated {config.bits}-bit)"
+            if config.quant_scheme == "weights-activations" and config.bits < 8:
+                if not calibration:
+                    raise OptimizeError("activation quantization needs calibration images")
+                final = None
+                for step in simulate_activation_quant(work, config.bits, list(calibration), config.per_channel):
+                    if isinstance(step, str):
+                        yield step
+                    else:
+                        final = step
+                result.model = final
+            elif config.quant_scheme == "weights-activations":
+                result.notes.append(f"{config.bits}-bit: weights rounded; activations stay float")
+    yield result
+
+
+def optimize(model: nn.Module, config: OptimizationConfig,
+             calibration: Sequence[torch.Tensor] = ()) -> OptimizedModel:
+    """Prune and/or quantize a copy of ``model``; see :func:`optimize_steps`."""
+    *_, result = optimize_steps(model, config, calibration)
+    return result

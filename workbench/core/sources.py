@@ -1,0 +1,205 @@
+"""Frame sources: image folders, single images, video files and cameras.
+
+Every source yields :class:`Frame` objects (RGB uint8, optional label, origin).
+A file that cannot be read is skipped and recorded in ``source.skipped``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .models import RESOURCES, imagenet_classes
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
+VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"}
+SAMPLES = RESOURCES / "samples"
+_WNID = re.compile(r"^(n\d{8})")
+
+
+class SourceError(Exception):
+    """A source cannot be opened; the message says why, for the user."""
+
+
+@dataclass(frozen=True)
+class Frame:
+    rgb: np.ndarray
+    origin: str
+    label: int | None = None  # ImageNet class index when known
+
+
+@dataclass(frozen=True)
+class Skipped:
+    path: str
+    reason: str
+
+
+def read_image(path: Path) -> np.ndarray:
+    """RGB uint8 array of an image file (grayscale, palette and alpha converted)."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im.load()
+        return np.asarray(im.convert("RGB"))
+
+
+def _label_for(path: Path, root: Path) -> int | None:
+    wnids, names = imagenet_classes()
+    by_wnid = {w: i for i, w in enumerate(wnids)}
+    m = _WNID.match(path.name)
+    if m and m.group(1) in by_wnid:
+        return by_wnid[m.group(1)]
+    if path.parent != root:
+        folder = path.parent.name
+        if folder in by_wnid:
+            return by_wnid[folder]
+        by_name = {n.lower().replace(" ", "_"): i for i, n in enumerate(names)}
+        return by_name.get(folder.lower().replace(" ", "_"))
+    return None
+
+
+@dataclass
+class ImageFolderSource:
+    """All images under a folder (recursive), in sorted order, with labels when found."""
+
+    root: Path
+    limit: int | None = None
+    skipped: list[Skipped] = field(default_factory=list)
+
+    def __post_init__(self):
+        self.root = Path(self.root)
+        if not self.root.is_dir():
+            raise SourceError(f"not a folder: {self.root}")
+        files = sorted(p for p in self.root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        if not files:
+            raise SourceError(f"no images in {self.root}")
+        self.files = files[: self.limit] if self.limit else files
+
+    @property
+    def name(self) -> str:
+        return str(self.root)
+
+    @property
+    def labelled(self) -> bool:
+        return any(_label_for(p, self.root) is not None for p in self.files[:20])
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def frame(self, i: int) -> Frame | None:
+        """Frame ``i``, or None (and recorded in ``skipped``) if it cannot be read."""
+        path = self.files[i]
+        try:
+            rgb = read_image(path)
+        except Exception as exc:  # PIL raises many kinds for a bad file
+            if not any(s.path == str(path) for s in self.skipped):
+                self.skipped.append(Skipped(str(path), f"{type(exc).__name__}: {exc}"))
+            return None
+        return Frame(rgb, str(path), _label_for(path, self.root))
+
+    def __iter__(self) -> Iterator[Frame]:
+        for i in range(len(self.files)):
+            frame = self.frame(i)
+            if frame is not None:
+                yield frame
+
+
+class SingleImageSource(ImageFolderSource):
+    def __init__(self, path: Path):
+        path = Path(path)
+        if not path.is_file():
+            raise SourceError(f"no such image: {path}")
+        self.root, self.limit, self.skipped, self.files = path.parent, None, [], [path]
+
+
+@dataclass
+class VideoSource:
+    """A video file or a camera (an int index), read with OpenCV."""
+
+    target: str | int
+    limit: int | None = None
+    loop: bool = False
+    skipped: list[Skipped] = field(default_factory=list)
+    labelled = False
+
+    def __post_init__(self):
+        import cv2
+
+        self._cap = cv2.VideoCapture(self.target)
+        if not self._cap.isOpened():
+            self._cap.release()
+            if isinstance(self.target, int):
+                raise SourceError(f"camera {self.target} cannot be opened (absent, busy, or no permission)")
+            raise SourceError(f"cannot open video {self.target}")
+        self.fps = self._cap.get(cv2.CAP_PROP_FPS) or 30.0
+
+    @property
+    def name(self) -> str:
+        return f"camera {self.target}" if isinstance(self.target, int) else str(self.target)
+
+    def read(self) -> Frame | None:
+        """The next frame, or None at the end (or when a camera stops delivering)."""
+        import cv2
+
+        ok, bgr = self._cap.read()
+        if not ok and self.loop and not isinstance(self.target, int):
+            self._cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
+            ok, bgr = self._cap.read()
+        if not ok:
+            return None
+        pos = int(self._cap.get(cv2.CAP_PROP_POS_FRAMES))
+        return Frame(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), f"{self.name}#{pos}")
+
+    def __iter__(self) -> Iterator[Frame]:
+        n = 0
+        while self.limit is None or n < self.limit:
+            frame = self.read()
+            if frame is None:
+                return
+            n += 1
+            yield frame
+
+    def release(self) -> None:
+        self._cap.release()
+
+
+def open_source(spec: str | Path | int | None, limit: int | None = None):
+    """A source from what the user typed: None (sample photos), a folder, an image,
+    a video file, or a camera index ("0", "camera:0")."""
+    if spec is None or spec == "samples":
+        return ImageFolderSource(SAMPLES, limit)
+    if isinstance(spec, int):
+        return VideoSource(spec, limit)
+    text = str(spec)
+    if text.isdigit() or text.startswith("camera:"):
+        return VideoSource(int(text.removeprefix("camera:")), limit)
+    path = Path(text).expanduser()
+    if path.is_dir():
+        return ImageFolderSource(path, limit)
+    if not path.exists():
+        raise SourceError(f"no such file or folder: {path}")
+    if path.suffix.lower() in VIDEO_SUFFIXES:
+        return VideoSource(str(path), limit)
+    return SingleImageSource(path)
+
+
+def list_cameras(max_index: int = 4) -> list[int]:
+    """Indices of the cameras OpenCV can open now."""
+    import os
+    import sys
+
+    import cv2
+
+    if sys.platform.startswith("linux") and not any(os.path.exists(f"/dev/video{i}") for i in range(max_index)):
+        return []
+    found = []
+    for i in range(max_index):
+        cap = cv2.VideoCapture(i)
+        if cap.isOpened():
+            found.append(i)
+        cap.release()
+    return found
