@@ -1,8 +1,8 @@
 import json
 
 import pytest
-
 from conftest import write_images
+
 from workbench.cli import main
 
 

@@ -41,7 +41,7 @@ def _conv_weights(model):
 
 
 def test_unstructured_per_layer_reaches_the_sparsity_in_every_layer(tiny):
-    result = optimize(tiny, OptimizationConfig(sparsity=0.5))
+    result = optimize(tiny, OptimizationConfig(sparsity=0.5, prune_method="unstructured"))
     for w in _conv_weights(result.model):
         assert (w == 0).float().mean().item() == pytest.approx(0.5, abs=0.05)
     assert "no speedup expected" in result.description
@@ -97,7 +97,8 @@ def test_simulated_low_bits_round_weights_per_channel(tiny):
 
 
 def test_prune_and_quantize_combine(tiny, tiny_inputs):
-    result = optimize(tiny, OptimizationConfig(sparsity=0.5, bits=4, quant_scheme="weights"), tiny_inputs)
+    result = optimize(tiny, OptimizationConfig(sparsity=0.5, prune_method="unstructured", bits=4,
+                                               quant_scheme="weights"), tiny_inputs)
     for w in _conv_weights(result.model):
         assert (w == 0).float().mean().item() >= 0.45
 

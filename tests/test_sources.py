@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
-
 from conftest import write_images
+
 from workbench.core.sources import ImageFolderSource, SourceError, open_source
 
 

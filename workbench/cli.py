@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 
 
@@ -18,8 +17,9 @@ def _compare_parser(sub) -> None:
     p.add_argument("--images", default=None, help="folder, image, video or camera index (default: sample photos)")
     p.add_argument("--limit", type=int, default=None, help="use at most N images")
     p.add_argument("--sparsity", type=float, default=0.0, help="0 to 0.95")
-    p.add_argument("--prune-method", default="unstructured",
-                   choices=["unstructured", "unstructured-global", "structured"])
+    p.add_argument("--prune-method", default="unstructured-global",
+                   choices=["unstructured", "unstructured-global", "structured"],
+                   help="unstructured = per layer; default: %(default)s (per-layer pruning strips small layers bare)")
     p.add_argument("--bits", type=int, default=32, help="32 (off), 16, 8 .. 2")
     p.add_argument("--quant-scheme", choices=["weights", "weights-activations"], default=None,
                    help="default: weights-activations at 8 bits (real int8), weights below")
@@ -74,11 +74,11 @@ def _table(report: dict) -> str:
 
 
 def run_compare(args) -> int:
+    from .core.compare import compare_steps
     from .core.config import ConfigError, OptimizationConfig
     from .core.models import ModelLoadError, load_model
     from .core.optimize import OptimizeError
     from .core.sources import SourceError, open_source
-    from .core.compare import compare_steps
 
     if args.threads:
         import torch

@@ -11,8 +11,17 @@ from pathlib import Path
 import torch
 
 from .config import OptimizationConfig
-from .measure import (Predictions, agreement, count_macs, count_params, mean_kl, measure_latency,
-                      peak_rss_bytes, predict, write_model_file)
+from .measure import (
+    Predictions,
+    agreement,
+    count_macs,
+    count_params,
+    mean_kl,
+    measure_latency,
+    peak_rss_bytes,
+    predict,
+    write_model_file,
+)
 from .models import LoadedModel
 from .optimize import OptimizedModel, optimize_steps
 

@@ -28,7 +28,7 @@ class OptimizationConfig:
     """
 
     sparsity: float = 0.0
-    prune_method: str = "unstructured"
+    prune_method: str = "unstructured-global"
     bits: int = 32
     quant_scheme: str = "weights-activations"
     per_channel: bool = True

@@ -34,8 +34,8 @@ class Preprocess:
 
     def __call__(self, rgb: np.ndarray) -> torch.Tensor:
         """HxWx3 uint8 RGB -> 1x3xCxC float tensor."""
-        from torchvision.transforms.v2 import functional as F
         from torchvision.transforms import InterpolationMode
+        from torchvision.transforms.v2 import functional as F
 
         if not rgb.flags.writeable or not rgb.flags.c_contiguous:
             rgb = np.array(rgb)

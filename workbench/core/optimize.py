@@ -15,8 +15,14 @@ import torch
 from torch import nn
 
 from .config import OptimizationConfig
-from .quantize import (QUANT_LAYERS, float_layers, int8_engine, quantize_int8,
-                       simulate_activation_quant, simulate_weight_quant_)
+from .quantize import (
+    QUANT_LAYERS,
+    float_layers,
+    int8_engine,
+    quantize_int8,
+    simulate_activation_quant,
+    simulate_weight_quant_,
+)
 
 
 class OptimizeError(Exception):

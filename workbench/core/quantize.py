@@ -48,7 +48,11 @@ def _activation_observer(kind: str, relu6: bool = False):
 def _backend_config():
     """x86 patterns, plus ZeroPad2d (TF 'same' padding) run on int8 tensors directly."""
     from torch.ao.quantization.backend_config import (
-        BackendPatternConfig, DTypeConfig, ObservationType, get_native_backend_config)
+        BackendPatternConfig,
+        DTypeConfig,
+        ObservationType,
+        get_native_backend_config,
+    )
 
     config = get_native_backend_config()
     pad = (BackendPatternConfig(nn.ZeroPad2d)
@@ -121,7 +125,7 @@ def quantize_int8(model: nn.Module, calibration: Iterable[torch.Tensor], per_cha
     model last (:func:`float_layers` lists what stays float).  ``model`` is copied,
     never changed.
     """
-    from torch.ao.quantization import QConfig, QConfigMapping, get_default_qconfig_mapping
+    from torch.ao.quantization import QConfig, get_default_qconfig_mapping
     from torch.ao.quantization.observer import default_per_channel_weight_observer, default_weight_observer
     from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 

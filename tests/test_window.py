@@ -1,0 +1,119 @@
+"""The window, driven as a person would (offscreen)."""
+
+import pytest
+from PySide6.QtWidgets import QComboBox, QLabel, QSlider
+
+from workbench.core.config import BIT_STOPS, OptimizationConfig
+from workbench.ui import build_window
+
+pytestmark = pytest.mark.gui
+LONG = 120_000  # ms; generous for a loaded 2-core CI machine
+
+
+@pytest.fixture
+def window(qtbot):
+    w = build_window()
+    qtbot.addWidget(w)
+    w.show()
+    yield w
+    w.close()
+
+
+def _top1(w, which):
+    return w.findChild(QLabel, f"{which}Top1").text()
+
+
+def _wait_for_predictions(qtbot, w):
+    qtbot.waitUntil(lambda: _top1(w, "original") not in ("", "…") and _top1(w, "optimized") not in ("", "…"),
+                    timeout=LONG)
+
+
+def test_named_widgets_exist(window):
+    from pyqtgraph import PlotWidget
+
+    for name in ("modelPicker", "sourcePicker", "pruneMethodCombo", "quantSchemeCombo"):
+        assert window.findChild(QComboBox, name) is not None, name
+    for name in ("sparsitySlider", "bitsSlider"):
+        assert window.findChild(QSlider, name) is not None, name
+    for name in ("latencyPlot", "memoryPlot", "accuracyPlot", "tradeoffPlot"):
+        assert isinstance(window.findChild(PlotWidget, name), PlotWidget), name
+    assert window.findChild(QSlider, "bitsSlider").maximum() == len(BIT_STOPS) - 1
+    assert window.findChild(QSlider, "sparsitySlider").maximum() == 95
+
+
+def test_sliders_update_the_optimized_pane_and_plots(qtbot, window):
+    _wait_for_predictions(qtbot, window)
+    first = _top1(window, "original").split("  ")[0]
+    assert first in window.ws.loaded.classes
+    points_before = len(window.plots.points)
+    bits = window.findChild(QSlider, "bitsSlider")
+    sparsity = window.findChild(QSlider, "sparsitySlider")
+    with qtbot.waitSignal(window.shown, timeout=LONG, check_params_cb=lambda c: c.bits == 8 and c.sparsity == 0.3):
+        bits.setValue(BIT_STOPS.index(8))
+        sparsity.setValue(30)
+    assert window.measured.optimized.kernels.startswith("int8")
+    assert "int8" in window.findChild(QLabel, "optimizedWhatRan").text()
+    assert "no speedup expected" in window.findChild(QLabel, "optimizedWhatRan").text()
+    assert window.findChild(QLabel, "optimizedTop1").text().split("  ")[0] in window.ws.loaded.classes
+    qtbot.waitUntil(lambda: len(window.plots.points) > points_before, timeout=LONG)
+    qtbot.waitUntil(lambda: len(window.plots.lat["optimized"]) > 0 and bool(window.plots.acc_history["optimized"]),
+                    timeout=LONG)
+    heights = window.plots.bars.opts["height"]
+    assert heights[0] > 0 and 0 < heights[1] < heights[0]
+
+
+def test_only_the_newest_configuration_is_shown(qtbot, window):
+    _wait_for_predictions(qtbot, window)
+    sparsity = window.findChild(QSlider, "sparsitySlider")
+    shown = []
+    window.shown.connect(shown.append)
+    for v in range(10, 60, 5):  # ten quick moves
+        sparsity.setValue(v)
+    qtbot.waitUntil(lambda: window.shown_config is not None and window.shown_config.sparsity == 0.55, timeout=LONG)
+    assert all(c.sparsity == 0.55 for c in shown)
+    assert window.measured.optimized.config.sparsity == 0.55
+
+
+def test_clicking_a_tradeoff_point_restores_its_configuration(qtbot, window):
+    _wait_for_predictions(qtbot, window)
+    target = OptimizationConfig(sparsity=0.2, prune_method="structured", bits=4, quant_scheme="weights")
+    window.plots.point_clicked.emit(target)
+    qtbot.waitUntil(lambda: window.shown_config == target, timeout=LONG)
+    assert window.findChild(QSlider, "sparsitySlider").value() == 20
+    assert window.findChild(QComboBox, "pruneMethodCombo").currentData() == "structured"
+    assert "simulated" in window.findChild(QLabel, "optimizedWhatRan").text()
+
+
+def test_a_failing_worker_does_not_kill_the_window(qtbot, window, monkeypatch):
+    _wait_for_predictions(qtbot, window)
+    import workbench.ui.window as win
+
+    def boom(*_):
+        raise RuntimeError("kernel exploded")
+        yield  # pragma: no cover
+
+    monkeypatch.setattr(win, "optimize_and_measure", boom)
+    window.findChild(QSlider, "bitsSlider").setValue(BIT_STOPS.index(4))
+    qtbot.waitUntil(lambda: "kernel exploded" in window.status_text.text(), timeout=LONG)
+    monkeypatch.undo()
+    window.findChild(QSlider, "bitsSlider").setValue(BIT_STOPS.index(6))
+    qtbot.waitUntil(lambda: window.shown_config is not None and window.shown_config.bits == 6, timeout=LONG)
+
+
+def test_bad_model_file_is_refused_and_the_window_carries_on(qtbot, window, tmp_path):
+    _wait_for_predictions(qtbot, window)
+    bad = tmp_path / "broken.pt"
+    bad.write_bytes(b"nope")
+    window.open_path(str(bad))
+    qtbot.waitUntil(lambda: "broken.pt" in window.status_text.text(), timeout=LONG)
+    assert window.ws is not None and window.ws.loaded.name == "efficientnet_lite0"
+
+
+def test_folder_with_a_corrupt_image_reports_it(qtbot, window, tmp_path):
+    from conftest import write_images
+
+    write_images(tmp_path, ["n01440764_a.png", "n01443537_b.png"], size=(64, 64))
+    (tmp_path / "n01484850_c.jpg").write_bytes(b"garbage")
+    window.open_path(str(tmp_path))
+    qtbot.waitUntil(lambda: "skipped 1 unreadable" in window.status_text.text(), timeout=LONG)
+    assert len(window.ws.frames) == 2 and window.ws.labelled

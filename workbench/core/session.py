@@ -1,0 +1,170 @@
+"""What the window works on, without Qt: a model, a source, the frames read so far,
+and the long jobs (optimize, evaluate) as generators the window runs off its thread."""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .config import OptimizationConfig
+from .measure import count_macs, count_params, measure_latency, write_model_file
+from .models import LoadedModel
+from .optimize import OptimizedModel, optimize_steps
+from .sources import Frame, VideoSource
+
+
+@dataclass(frozen=True)
+class Prediction:
+    top5: list[tuple[int, float]]  # (class index, probability)
+    probs: torch.Tensor
+    latency_ms: float
+
+    @property
+    def top1(self) -> int:
+        return self.top5[0][0]
+
+
+def predict_one(model: torch.nn.Module, x: torch.Tensor) -> Prediction:
+    with torch.inference_mode():
+        start = time.perf_counter()
+        logits = model(x)
+        ms = (time.perf_counter() - start) * 1000
+    probs = torch.softmax(logits.float(), 1)[0]
+    values, idx = probs.topk(5)
+    return Prediction([(int(i), float(v)) for i, v in zip(idx, values)], probs, ms)
+
+
+def wilson_interval(hits: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95 % interval of a proportion (Wilson score), for the accuracy band."""
+    if n == 0:
+        return 0.0, 1.0
+    p = hits / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+@dataclass
+class Workspace:
+    """A loaded model and source, with the frames preprocessed so far (shared by jobs)."""
+
+    loaded: LoadedModel
+    source: object
+    frames: list[Frame] = field(default_factory=list)
+    inputs: list[torch.Tensor] = field(default_factory=list)
+    out_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="workbench-")))
+    original_preds: dict[int, Prediction] = field(default_factory=dict)
+    next_file: int = 0
+
+    @property
+    def is_stream(self) -> bool:
+        return isinstance(self.source, VideoSource)
+
+    @property
+    def labelled(self) -> bool:
+        return any(f.label is not None for f in self.frames)
+
+    def read_frames(self, limit: int) -> Iterator[str]:
+        """Read more frames of a folder source, up to ``limit`` in all; unreadable files
+        are skipped (and listed in ``source.skipped``)."""
+        total = min(limit, len(self.source))
+        while self.next_file < len(self.source) and len(self.frames) < limit:
+            frame = self.source.frame(self.next_file)
+            self.next_file += 1
+            if frame is not None:
+                self.add(frame)
+            if self.next_file % 10 == 0:
+                yield f"reading images: {self.next_file}/{total}"
+
+    def add(self, frame: Frame) -> int:
+        self.frames.append(frame)
+        self.inputs.append(self.loaded.preprocess(frame.rgb))
+        return len(self.frames) - 1
+
+    def calibration(self, n: int = 16) -> list[torch.Tensor]:
+        return self.inputs[:n]
+
+
+@dataclass
+class Measured:
+    """An optimized model with the figures the plots need."""
+
+    optimized: OptimizedModel
+    latency_ms: float
+    size_bytes: int
+    params: int
+    nonzero_params: int
+    macs: int | None
+
+
+def measure_model(ws: Workspace, model, float_model, config: OptimizationConfig | None,
+                  quant_bits=None, name: str = "model", runs: int = 10) -> tuple[float, int, int, int, int | None]:
+    """(latency median ms, file bytes, params, non-zero params, MACs) of one model."""
+    x = ws.inputs[0]
+    latency = measure_latency(model, x, runs=runs, warmup=2).median
+    sparse = bool(config and config.sparsity and config.prune_method != "structured")
+    packed = bool(config and (config.simulated or sparse))
+    path = ws.out_dir / (f"{name}.wbpack" if packed else f"{name}.pt")
+    size, _ = write_model_file(path, float_model if packed else model,
+                               quant_bits=quant_bits if packed else None, sparse=sparse,
+                               per_channel=config.per_channel if config else True)
+    params, nonzero = count_params(float_model)
+    return latency, size, params, nonzero, count_macs(float_model, x) or None
+
+
+def optimize_and_measure(ws: Workspace, config: OptimizationConfig) -> Iterator[str | Measured]:
+    """Optimize the workspace's model for ``config`` and measure it (a generator)."""
+    result = None
+    for step in optimize_steps(ws.loaded.model, config, ws.calibration()):
+        if isinstance(step, str):
+            yield step
+        else:
+            result = step
+    yield "measuring latency and file size"
+    figures = measure_model(ws, result.model, result.float_model, config, result.quant_bits,
+                            name=f"optimized-{abs(hash(config))}")
+    yield Measured(result, *figures)
+
+
+@dataclass
+class EvalProgress:
+    """Running figures of a background evaluation over the workspace's frames."""
+
+    done: int
+    total: int
+    original_hits: int
+    optimized_hits: int
+    labelled: int
+    agree: int
+
+    def top1(self, which: str) -> float | None:
+        hits = self.original_hits if which == "original" else self.optimized_hits
+        return hits / self.labelled if self.labelled else None
+
+    @property
+    def agreement(self) -> float:
+        return self.agree / self.done if self.done else 0.0
+
+
+def evaluate_steps(ws: Workspace, optimized_model) -> Iterator[EvalProgress]:
+    """Both models over every frame read so far; the original's results are cached."""
+    orig_hits = opt_hits = labelled = agree = 0
+    n = len(ws.inputs)
+    for i in range(n):
+        ref = ws.original_preds.get(i)
+        if ref is None:
+            ref = ws.original_preds[i] = predict_one(ws.loaded.model, ws.inputs[i])
+        new = predict_one(optimized_model, ws.inputs[i])
+        label = ws.frames[i].label
+        if label is not None:
+            labelled += 1
+            orig_hits += ref.top1 == label
+            opt_hits += new.top1 == label
+        agree += ref.top1 == new.top1
+        yield EvalProgress(i + 1, n, orig_hits, opt_hits, labelled, agree)

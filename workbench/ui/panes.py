@@ -1,0 +1,89 @@
+"""One model's view of a frame: the image, the top-5 classes, latency."""
+
+from __future__ import annotations
+
+import numpy as np
+from PySide6.QtCore import Qt
+from PySide6.QtGui import QImage, QPixmap
+from PySide6.QtWidgets import QGridLayout, QGroupBox, QLabel, QProgressBar, QSizePolicy, QVBoxLayout
+
+from ..core.session import Prediction
+
+
+def to_pixmap(rgb: np.ndarray) -> QPixmap:
+    rgb = np.ascontiguousarray(rgb)
+    h, w, _ = rgb.shape
+    image = QImage(rgb.data, w, h, 3 * w, QImage.Format.Format_RGB888)
+    return QPixmap.fromImage(image.copy())
+
+
+class ModelPane(QGroupBox):
+    """Image, top-1 line, top-5 bars, true label and latency of one model."""
+
+    def __init__(self, title: str, key: str, parent=None):
+        super().__init__(title, parent)
+        self.setObjectName(f"{key}Pane")
+        self.setAccessibleName(f"{title} model")
+        layout = QVBoxLayout(self)
+        self.image = QLabel(alignment=Qt.AlignmentFlag.AlignCenter)
+        self.image.setMinimumSize(200, 150)
+        self.image.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
+        self.top1 = QLabel("…")
+        self.top1.setObjectName(f"{key}Top1")
+        self.top1.setAccessibleName(f"{title} top-1 class")
+        self.top1.setStyleSheet("font-size: 15px; font-weight: bold;")
+        self.top1.setWordWrap(True)
+        self.truth = QLabel("")
+        self.latency = QLabel("")
+        self.what = QLabel("")
+        self.what.setWordWrap(True)
+        self.what.setObjectName(f"{key}WhatRan")
+        self.what.setStyleSheet("color: #555;")
+        grid = QGridLayout()
+        self.bars: list[tuple[QLabel, QProgressBar]] = []
+        for i in range(5):
+            name, bar = QLabel(""), QProgressBar()
+            bar.setRange(0, 1000)
+            bar.setTextVisible(True)
+            bar.setMaximumHeight(16)
+            grid.addWidget(name, i, 0)
+            grid.addWidget(bar, i, 1)
+            grid.setColumnStretch(1, 1)
+            self.bars.append((name, bar))
+        layout.addWidget(self.image, 1)
+        layout.addWidget(self.top1)
+        layout.addLayout(grid)
+        layout.addWidget(self.truth)
+        layout.addWidget(self.latency)
+        layout.addWidget(self.what)
+        self._pixmap: QPixmap | None = None
+
+    def set_image(self, rgb: np.ndarray) -> None:
+        self._pixmap = to_pixmap(rgb)
+        self._rescale()
+
+    def resizeEvent(self, event):  # noqa: N802 - Qt override
+        super().resizeEvent(event)
+        self._rescale()
+
+    def _rescale(self) -> None:
+        if self._pixmap is not None:
+            self.image.setPixmap(self._pixmap.scaled(self.image.size(), Qt.AspectRatioMode.KeepAspectRatio,
+                                                     Qt.TransformationMode.SmoothTransformation))
+
+    def show_prediction(self, pred: Prediction, classes: list[str], truth: int | None,
+                        differs: bool = False) -> None:
+        name = classes[pred.top1] if pred.top1 < len(classes) else str(pred.top1)
+        mark = "  ≠ original" if differs else ""
+        self.top1.setText(f"{name}  {pred.top5[0][1]:.0%}{mark}")
+        self.top1.setStyleSheet("font-size: 15px; font-weight: bold;" + (" color: #c0392b;" if differs else ""))
+        for (label, bar), (idx, p) in zip(self.bars, pred.top5):
+            label.setText(classes[idx] if idx < len(classes) else str(idx))
+            bar.setValue(int(p * 1000))
+            bar.setFormat(f"{p:.1%}")
+        if truth is None:
+            self.truth.setText("")
+        else:
+            ok = "✓" if truth == pred.top1 else "✗"
+            self.truth.setText(f"true label: {classes[truth]} {ok}")
+        self.latency.setText(f"this frame: {pred.latency_ms:.1f} ms")

@@ -1,0 +1,112 @@
+"""Run core generators off the GUI thread; the newest request of each kind wins."""
+
+from __future__ import annotations
+
+import inspect
+import traceback
+from collections.abc import Callable
+
+from PySide6.QtCore import QObject, QRunnable, QThreadPool, Signal
+
+
+class _Signals(QObject):
+    progress = Signal(object)  # what the generator yielded (str or a value)
+    result = Signal(object)
+    error = Signal(str)
+    finished = Signal()
+
+
+class Job(QRunnable):
+    """Runs ``fn(*args)``. A generator is iterated, and stops at the next yield once
+    cancelled; strings it yields are progress, its last non-string value the result."""
+
+    def __init__(self, kind: str, fn: Callable, *args):
+        super().__init__()
+        self.setAutoDelete(False)
+        self.kind, self.fn, self.args = kind, fn, args
+        self.cancelled = False
+        self.signals = _Signals()
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+    def run(self) -> None:  # worker thread
+        try:
+            out = self.fn(*self.args)
+            if inspect.isgenerator(out):
+                value = None
+                for step in out:
+                    if self.cancelled:
+                        out.close()
+                        return
+                    if isinstance(step, str):
+                        self.signals.progress.emit(step)
+                    else:
+                        value = step
+                        self.signals.progress.emit(step)
+                out = value
+            if not self.cancelled:
+                self.signals.result.emit(out)
+        except Exception as exc:  # shown to the user; the window carries on
+            if not self.cancelled:
+                traceback.print_exc()
+                self.signals.error.emit(f"{type(exc).__name__}: {exc}")
+        finally:
+            self.signals.finished.emit()
+
+
+class Runner(QObject):
+    """Keeps at most one live job per kind: submitting cancels the previous one of that
+    kind, and signals from a stale job are never delivered."""
+
+    busy_changed = Signal()
+
+    def __init__(self, parent=None, threads: int = 3):
+        super().__init__(parent)
+        self.pool = QThreadPool(self)
+        self.pool.setMaxThreadCount(threads)
+        self.current: dict[str, Job] = {}
+        self._alive: set[Job] = set()
+
+    def submit(self, kind: str, fn: Callable, *args, on_result=None, on_progress=None, on_error=None) -> Job:
+        self.cancel(kind)
+        job = Job(kind, fn, *args)
+        self.current[kind] = job
+        self._alive.add(job)
+
+        def live(callback):
+            def call(value):
+                if self.current.get(kind) is job and not job.cancelled and callback is not None:
+                    callback(value)
+            return call
+
+        job.signals.result.connect(live(on_result))
+        job.signals.progress.connect(live(on_progress))
+        job.signals.error.connect(live(on_error))
+        job.signals.finished.connect(lambda: self._finished(job))
+        self.pool.start(job)
+        self.busy_changed.emit()
+        return job
+
+    def _finished(self, job: Job) -> None:
+        self._alive.discard(job)
+        if self.current.get(job.kind) is job:
+            del self.current[job.kind]
+        self.busy_changed.emit()
+
+    def cancel(self, kind: str) -> None:
+        job = self.current.pop(kind, None)
+        if job is not None:
+            job.cancel()
+            self.busy_changed.emit()
+
+    def cancel_all(self) -> None:
+        for kind in list(self.current):
+            self.cancel(kind)
+
+    def busy(self, kind: str | None = None) -> bool:
+        return kind in self.current if kind else bool(self.current)
+
+    def shutdown(self, timeout_ms: int = 10000) -> bool:
+        self.cancel_all()
+        return self.pool.waitForDone(timeout_ms)

@@ -1,0 +1,524 @@
+"""The main window: original and optimized side by side, two sliders, live plots."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import psutil
+from PySide6.QtCore import Qt, QTimer, Signal
+from PySide6.QtWidgets import (
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QGridLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QMainWindow,
+    QProgressBar,
+    QPushButton,
+    QSlider,
+    QSplitter,
+    QTabWidget,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ..core.config import BIT_STOPS, OptimizationConfig
+from ..core.models import DEFAULT_MODEL, LoadedModel, available_models, load_model
+from ..core.session import (
+    EvalProgress,
+    Measured,
+    Workspace,
+    evaluate_steps,
+    measure_model,
+    optimize_and_measure,
+    predict_one,
+)
+from ..core.sources import IMAGE_SUFFIXES, VIDEO_SUFFIXES, list_cameras, open_source
+from .panes import ModelPane
+from .plots import Plots, TradeoffPoint
+from .runner import Runner
+
+MODEL_SUFFIXES = {".pt", ".pth", ".ts", ".ckpt", ".bin"}
+OPEN_MODEL = "Open model file…"
+# global first: per-layer magnitude pruning strips small layers (the stem, depthwise 3x3) bare
+PRUNE_METHODS = [("unstructured, global", "unstructured-global"), ("unstructured, per layer", "unstructured"),
+                 ("structured channels", "structured")]
+SCHEMES = [("weights only", "weights"), ("weights + activations", "weights-activations")]
+FOLDER_LIMIT = 500
+
+
+def load_workspace(model_spec: str | LoadedModel, source_spec, limit: int = FOLDER_LIMIT):
+    """Job: load the model and the source and read the first frames; yields progress, then a Workspace."""
+    if isinstance(model_spec, LoadedModel):
+        loaded = model_spec
+    else:
+        yield f"loading {model_spec}"
+        loaded = load_model(model_spec)
+    yield "opening source"
+    source = open_source(source_spec)
+    ws = Workspace(loaded, source)
+    if ws.is_stream:
+        frame = source.read()
+        if frame is None:
+            raise ValueError(f"{source.name} delivered no frame")
+        ws.add(frame)
+    else:
+        # the first frame comes at once; the rest are read while the user looks at it
+        yield from ws.read_frames(min(limit, 16))
+    yield ws
+
+
+class MainWindow(QMainWindow):
+    shown = Signal(object)  # OptimizationConfig whose result the optimized pane now shows
+
+    def __init__(self, model: str | None = None, source: str | None = None):
+        super().__init__()
+        self.setWindowTitle("Workbench: pruning and quantization, side by side")
+        self.setAcceptDrops(True)
+        self.runner = Runner(self)
+        self.runner.busy_changed.connect(self._update_busy)
+        self.plots = Plots(self)
+        self.plots.point_clicked.connect(self._on_point_clicked)
+        self.ws: Workspace | None = None
+        self.measured: Measured | None = None
+        self.shown_config: OptimizationConfig | None = None
+        self.original_figures: tuple | None = None
+        self.index = 0
+        self.model_spec = model or DEFAULT_MODEL
+        self.source_spec = source
+        self._build()
+        self._debounce = QTimer(self, singleShot=True, interval=150)
+        self._debounce.timeout.connect(self._apply_config)
+        self._play = QTimer(self, interval=1200)
+        self._play.timeout.connect(self._on_play_tick)
+        self._rss = QTimer(self, interval=1000)
+        self._rss.timeout.connect(lambda: self.plots.add_rss(psutil.Process().memory_info().rss / 1e6))
+        self._rss.start()
+        self._load(self.model_spec, self.source_spec)
+
+    # layout ----------------------------------------------------------------
+    def _build(self) -> None:
+        central = QWidget()
+        outer = QVBoxLayout(central)
+        controls = QHBoxLayout()
+        self.model_picker = QComboBox(objectName="modelPicker")
+        self.model_picker.setAccessibleName("Model")
+        self.model_picker.addItems(available_models())
+        self.model_picker.addItem(OPEN_MODEL)
+        self.model_picker.setCurrentText(self.model_spec)
+        self.model_picker.activated.connect(self._on_model_picked)
+        self.source_picker = QComboBox(objectName="sourcePicker")
+        self.source_picker.setAccessibleName("Source")
+        self._fill_sources()
+        self.source_picker.activated.connect(self._on_source_picked)
+        pick = QFormLayout()
+        pick.addRow("Model", self.model_picker)
+        pick.addRow("Source", self.source_picker)
+        controls.addLayout(pick)
+
+        prune = QGroupBox("Pruning")
+        pl = QGridLayout(prune)
+        self.sparsity_slider = QSlider(Qt.Orientation.Horizontal, objectName="sparsitySlider")
+        self.sparsity_slider.setAccessibleName("Sparsity in percent")
+        self.sparsity_slider.setRange(0, 95)
+        self.sparsity_label = QLabel("0 %")
+        self.prune_method = QComboBox(objectName="pruneMethodCombo")
+        self.prune_method.setAccessibleName("Pruning method")
+        for text, value in PRUNE_METHODS:
+            self.prune_method.addItem(text, value)
+        pl.addWidget(QLabel("sparsity"), 0, 0)
+        pl.addWidget(self.sparsity_slider, 0, 1)
+        pl.addWidget(self.sparsity_label, 0, 2)
+        pl.addWidget(self.prune_method, 1, 0, 1, 3)
+        quant = QGroupBox("Quantization")
+        ql = QGridLayout(quant)
+        self.bits_slider = QSlider(Qt.Orientation.Horizontal, objectName="bitsSlider")
+        self.bits_slider.setAccessibleName("Bit width")
+        self.bits_slider.setRange(0, len(BIT_STOPS) - 1)
+        self.bits_slider.setValue(len(BIT_STOPS) - 1)
+        self.bits_slider.setPageStep(1)
+        self.bits_label = QLabel("32 bits (off)")
+        self.quant_scheme = QComboBox(objectName="quantSchemeCombo")
+        self.quant_scheme.setAccessibleName("Quantization scheme")
+        for text, value in SCHEMES:
+            self.quant_scheme.addItem(text, value)
+        self.quant_scheme.setCurrentIndex(1)
+        ql.addWidget(QLabel("bits"), 0, 0)
+        ql.addWidget(self.bits_slider, 0, 1)
+        ql.addWidget(self.bits_label, 0, 2)
+        ql.addWidget(self.quant_scheme, 1, 0, 1, 3)
+        for w in (prune, quant):
+            w.setMinimumWidth(260)
+        controls.addWidget(prune, 1)
+        controls.addWidget(quant, 1)
+        for s in (self.sparsity_slider, self.bits_slider):
+            s.valueChanged.connect(self._on_control_changed)
+        for c in (self.prune_method, self.quant_scheme):
+            c.currentIndexChanged.connect(self._on_control_changed)
+        outer.addLayout(controls)
+
+        panes = QWidget()
+        pl2 = QHBoxLayout(panes)
+        pl2.setContentsMargins(0, 0, 0, 0)
+        self.original_pane = ModelPane("Original", "original")
+        self.optimized_pane = ModelPane("Optimized", "optimized")
+        pl2.addWidget(self.original_pane)
+        pl2.addWidget(self.optimized_pane)
+        nav = QHBoxLayout()
+        self.prev_button = QPushButton("◀ previous", objectName="previousButton")
+        self.play_button = QPushButton("▶ play", objectName="playButton", checkable=True)
+        self.next_button = QPushButton("next ▶", objectName="nextButton")
+        self.frame_label = QLabel("")
+        self.prev_button.clicked.connect(lambda: self.show_frame(self.index - 1))
+        self.next_button.clicked.connect(lambda: self.show_frame(self.index + 1))
+        self.play_button.toggled.connect(self._on_play_toggled)
+        for w in (self.prev_button, self.play_button, self.next_button, self.frame_label):
+            nav.addWidget(w)
+        nav.addStretch(1)
+        left = QWidget()
+        ll = QVBoxLayout(left)
+        ll.setContentsMargins(0, 0, 0, 0)
+        ll.addWidget(panes, 1)
+        ll.addLayout(nav)
+
+        right = QWidget()
+        grid = QGridLayout(right)
+        grid.setContentsMargins(0, 0, 0, 0)
+        memory = QTabWidget()
+        memory.addTab(self.plots.memory, "file size")
+        memory.addTab(self.plots.rss, "process memory")
+        grid.addWidget(self.plots.latency, 0, 0)
+        grid.addWidget(memory, 0, 1)
+        grid.addWidget(self.plots.accuracy, 1, 0)
+        grid.addWidget(self.plots.tradeoff, 1, 1)
+        split = QSplitter(Qt.Orientation.Horizontal)
+        split.addWidget(left)
+        split.addWidget(right)
+        split.setSizes([620, 660])
+        outer.addWidget(split, 1)
+        self.setCentralWidget(central)
+
+        self.status_text = QLabel("starting…", objectName="statusText")
+        self.progress = QProgressBar(maximumWidth=200, visible=False)
+        self.cancel_button = QPushButton("Cancel", visible=False, objectName="cancelButton")
+        self.cancel_button.clicked.connect(self._on_cancel)
+        self.statusBar().addWidget(self.status_text, 1)
+        self.statusBar().addPermanentWidget(self.progress)
+        self.statusBar().addPermanentWidget(self.cancel_button)
+        self.resize(1320, 820)
+
+    def _fill_sources(self) -> None:
+        p = self.source_picker
+        p.clear()
+        p.addItem("Sample photos", None)
+        p.addItem("Open image folder…", "dialog:folder")
+        p.addItem("Open video…", "dialog:video")
+        p.addItem("Open image…", "dialog:image")
+        cameras = list_cameras()
+        for i in cameras:
+            p.addItem(f"Camera {i}", f"camera:{i}")
+        if not cameras:
+            p.addItem("No camera found", "none")
+            p.model().item(p.count() - 1).setEnabled(False)
+
+    # the current configuration ----------------------------------------------
+    @property
+    def bits(self) -> int:
+        return BIT_STOPS[self.bits_slider.value()]
+
+    def config(self) -> OptimizationConfig:
+        return OptimizationConfig(sparsity=self.sparsity_slider.value() / 100,
+                                  prune_method=self.prune_method.currentData(),
+                                  bits=self.bits, quant_scheme=self.quant_scheme.currentData())
+
+    def _on_control_changed(self, *_):
+        self.sparsity_label.setText(f"{self.sparsity_slider.value()} %")
+        bits = self.bits
+        self.bits_label.setText("32 bits (off)" if bits == 32 else f"{bits} bits")
+        self._debounce.start()
+
+    def set_config(self, config: OptimizationConfig) -> None:
+        """Move the controls to ``config`` (as a click on the trade-off plot does)."""
+        self.sparsity_slider.setValue(round(config.sparsity * 100))
+        self.prune_method.setCurrentIndex([v for _, v in PRUNE_METHODS].index(config.prune_method))
+        self.bits_slider.setValue(BIT_STOPS.index(config.bits))
+        self.quant_scheme.setCurrentIndex([v for _, v in SCHEMES].index(config.quant_scheme))
+        self._debounce.start()
+
+    def _on_point_clicked(self, config: OptimizationConfig) -> None:
+        self.set_config(config)
+
+    # loading --------------------------------------------------------------------
+    def _load(self, model_spec, source_spec) -> None:
+        self.runner.cancel_all()
+        self._play_stop()
+        self.runner.submit("load", load_workspace, model_spec, source_spec,
+                           on_result=self._on_loaded, on_progress=self._on_progress, on_error=self._on_error)
+
+    def open_model(self, spec: str) -> None:
+        self.model_spec = spec
+        self._load(spec, self.source_spec)
+
+    def open_source(self, spec) -> None:
+        self.source_spec = spec
+        loaded = self.ws.loaded if self.ws else self.model_spec
+        self._load(loaded, spec)
+
+    def _on_model_picked(self, index: int) -> None:
+        text = self.model_picker.itemText(index)
+        if text == OPEN_MODEL:
+            path, _ = QFileDialog.getOpenFileName(self, "Open model file", "",
+                                                  "PyTorch models (*.pt *.pth *.ts *.ckpt *.bin);;All files (*)")
+            self.model_picker.setCurrentText(self.model_spec if Path(str(self.model_spec)).suffix == ""
+                                             else self.model_picker.itemText(0))
+            if path:
+                self.open_model(path)
+        elif text != self.model_spec:
+            self.open_model(text)
+
+    def _on_source_picked(self, index: int) -> None:
+        data = self.source_picker.itemData(index)
+        if data == "none":
+            self._show_status("No camera found: connect one, or open a video file instead.", error=True)
+            return
+        if isinstance(data, str) and data.startswith("dialog:"):
+            kind = data.split(":")[1]
+            if kind == "folder":
+                path = QFileDialog.getExistingDirectory(self, "Open image folder")
+            else:
+                pattern = " ".join(f"*{s}" for s in sorted(VIDEO_SUFFIXES if kind == "video" else IMAGE_SUFFIXES))
+                path, _ = QFileDialog.getOpenFileName(self, f"Open {kind}", "", f"{kind.title()} ({pattern})")
+            if path:
+                self.open_source(path)
+            return
+        self.open_source(data)
+
+    def _on_loaded(self, ws: Workspace) -> None:
+        if self.ws is not None and self.ws.is_stream and self.ws.source is not ws.source:
+            self.ws.source.release()
+        self.ws = ws
+        self.measured = None
+        self.shown_config = None
+        self.plots.clear_points()
+        self.setWindowTitle(f"Workbench: {ws.loaded.display_name} on {ws.source.name}")
+        self.model_picker.setToolTip(ws.loaded.display_name)
+        self._show_status(f"{ws.loaded.display_name} on {ws.source.name}")
+        self.show_frame(0)
+        self.runner.submit("measure-original", self._measure_original, ws, on_result=self._on_original_measured,
+                           on_error=self._on_error)
+        if not ws.is_stream:
+            self.runner.submit("read", ws.read_frames, FOLDER_LIMIT, on_error=self._on_error,
+                               on_result=lambda _: self._on_read_done())
+        self._apply_config(force=True)
+
+    def _on_read_done(self) -> None:
+        skipped = getattr(self.ws.source, "skipped", [])
+        if skipped:
+            names = ", ".join(Path(s.path).name for s in skipped[:3]) + ("…" if len(skipped) > 3 else "")
+            self._show_status(f"skipped {len(skipped)} unreadable file(s): {names}", error=True)
+        self.frame_label.setText(f"{self.index + 1}/{len(self.ws.frames)}")
+        self._start_evaluation()
+
+    @staticmethod
+    def _measure_original(ws: Workspace):
+        return measure_model(ws, ws.loaded.model, ws.loaded.model, None, name="original")
+
+    def _on_original_measured(self, figures) -> None:
+        self.original_figures = figures
+        self.plots.add_point(TradeoffPoint(OptimizationConfig(), figures[0], figures[1]))
+        self._update_sizes()
+
+    def _update_sizes(self) -> None:
+        self.plots.set_sizes(self.original_figures[1] if self.original_figures else None,
+                             self.measured.size_bytes if self.measured else None)
+
+    # frames and inference -----------------------------------------------------
+    def show_frame(self, index: int) -> None:
+        if self.ws is None:
+            return
+        if self.ws.is_stream:
+            index = len(self.ws.frames) - 1
+        else:
+            index %= max(1, len(self.ws.frames))
+        self.index = index
+        frame = self.ws.frames[index]
+        self.original_pane.set_image(frame.rgb)
+        self.optimized_pane.set_image(frame.rgb)
+        count = "live" if self.ws.is_stream else f"{index + 1}/{len(self.ws.frames)}"
+        self.frame_label.setText(f"{count}  {Path(frame.origin).name}")
+        self._infer()
+
+    def _infer(self) -> None:
+        if self.ws is None:
+            return
+        optimized = self.measured.optimized.model if self.measured else None
+        self.runner.submit("infer", self._infer_job, self.ws, self.index, optimized,
+                           on_result=self._on_inferred, on_error=self._on_error)
+
+    @staticmethod
+    def _infer_job(ws: Workspace, index: int, optimized):
+        x = ws.inputs[index]
+        ref = ws.original_preds.get(index)
+        if ref is None or ws.is_stream:
+            ref = predict_one(ws.loaded.model, x)
+            if not ws.is_stream:
+                ws.original_preds[index] = ref
+        new = predict_one(optimized, x) if optimized is not None else None
+        return index, ref, new
+
+    def _on_inferred(self, result) -> None:
+        index, ref, new = result
+        if index != self.index or self.ws is None:
+            return
+        classes, truth = self.ws.loaded.classes, self.ws.frames[index].label
+        self.original_pane.show_prediction(ref, classes, truth)
+        if new is not None:
+            self.optimized_pane.show_prediction(new, classes, truth, differs=new.top1 != ref.top1)
+            if self.shown_config != self.measured.optimized.config:
+                self.shown_config = self.measured.optimized.config
+                self.shown.emit(self.shown_config)
+        self.plots.add_latency(ref.latency_ms, new.latency_ms if new else None)
+        if self.ws.is_stream and self._play.isActive():
+            QTimer.singleShot(0, self._next_stream_frame)
+
+    def _next_stream_frame(self) -> None:
+        frame = self.ws.source.read() if self.ws else None
+        if frame is None:
+            self._play_stop()
+            self._show_status(f"{self.ws.source.name}: no more frames", error=False)
+            return
+        self.ws.add(frame)
+        if len(self.ws.frames) > 64:  # keep the first frames (calibration) and the newest
+            del self.ws.frames[16], self.ws.inputs[16]
+        self.show_frame(-1)
+
+    def _on_play_toggled(self, on: bool) -> None:
+        self.play_button.setText("⏸ pause" if on else "▶ play")
+        if on:
+            self._play.start()
+            if self.ws and self.ws.is_stream:
+                self._next_stream_frame()
+        else:
+            self._play.stop()
+
+    def _on_play_tick(self) -> None:
+        if self.ws and not self.ws.is_stream:
+            self.show_frame(self.index + 1)
+
+    def _play_stop(self) -> None:
+        self.play_button.setChecked(False)
+
+    # optimization -------------------------------------------------------------
+    def _apply_config(self, force: bool = False) -> None:
+        if self.ws is None:
+            return
+        config = self.config()
+        if not force and self.measured and self.measured.optimized.config == config:
+            return
+        self.runner.cancel("evaluate")
+        self.runner.submit("optimize", optimize_and_measure, self.ws, config, on_result=self._on_optimized,
+                           on_progress=self._on_progress, on_error=self._on_error)
+
+    def _on_optimized(self, measured: Measured) -> None:
+        self.measured = measured
+        opt = measured.optimized
+        self.optimized_pane.setTitle(f"Optimized: {opt.config.label()}")
+        self.optimized_pane.what.setText(f"{opt.description}\nkernels: {opt.kernels}  ·  "
+                                         f"median {measured.latency_ms:.1f} ms  ·  {measured.size_bytes / 1e6:.2f} MB")
+        self._update_sizes()
+        self.plots.add_point(TradeoffPoint(opt.config, measured.latency_ms, measured.size_bytes))
+        self.plots.set_current(opt.config)
+        self._show_status(f"ready: {opt.config.label()} ({opt.description})")
+        self._infer()
+        if not self.runner.busy("read"):
+            self._start_evaluation()
+
+    def _start_evaluation(self) -> None:
+        if self.ws is None or self.measured is None or self.ws.is_stream:
+            return
+        labelled = self.ws.labelled
+        for which in ("original", "optimized"):
+            self.plots.reset_accuracy(which, labelled)
+        self.runner.submit("evaluate", evaluate_steps, self.ws, self.measured.optimized.model,
+                           on_progress=self._on_eval_progress, on_error=self._on_error,
+                           on_result=self._on_eval_done)
+        self._eval_config = self.measured.optimized.config
+
+    def _on_eval_progress(self, p: EvalProgress) -> None:
+        if p.labelled:
+            self.plots.add_accuracy("original", p.done, p.original_hits, p.labelled)
+            self.plots.add_accuracy("optimized", p.done, p.optimized_hits, p.labelled)
+        else:
+            self.plots.add_accuracy("optimized", p.done, p.agree, p.done)
+        score = p.top1("optimized") if p.labelled else p.agreement
+        self.plots.update_point(self._eval_config, score)
+        if p.labelled:
+            self.plots.update_point(OptimizationConfig(), p.top1("original"))
+        else:
+            self.plots.update_point(OptimizationConfig(), 1.0)
+        if p.done % 5 == 0 or p.done == p.total:
+            self.status_text.setText(f"evaluating: {p.done}/{p.total} images")
+            self.progress.setRange(0, p.total)
+            self.progress.setValue(p.done)
+
+    def _on_eval_done(self, p: EvalProgress | None) -> None:
+        if p is not None:
+            self._show_status(f"evaluated {p.done} images: agreement {p.agreement:.1%}"
+                              + (f", top-1 {p.top1('original'):.1%} → {p.top1('optimized'):.1%}" if p.labelled else ""))
+
+    # status ------------------------------------------------------------------
+    def _on_progress(self, step) -> None:
+        if isinstance(step, str):
+            self.status_text.setText(step)
+            m = re.search(r"(\d+)/(\d+)", step)
+            if m:
+                self.progress.setRange(0, int(m.group(2)))
+                self.progress.setValue(int(m.group(1)))
+            else:
+                self.progress.setRange(0, 0)
+
+    def _on_error(self, message: str) -> None:
+        self._show_status(message, error=True)
+
+    def _show_status(self, text: str, error: bool = False) -> None:
+        self.status_text.setText(text)
+        self.status_text.setStyleSheet("color: #c0392b;" if error else "")
+
+    def _update_busy(self) -> None:
+        busy = any(self.runner.busy(k) for k in ("load", "optimize", "evaluate", "read"))
+        self.progress.setVisible(busy)
+        self.cancel_button.setVisible(busy)
+
+    def _on_cancel(self) -> None:
+        for kind in ("load", "optimize", "evaluate", "read"):
+            self.runner.cancel(kind)
+        self._show_status("cancelled")
+
+    # drag and drop, closing ----------------------------------------------------
+    def dragEnterEvent(self, event):  # noqa: N802
+        if event.mimeData().hasUrls():
+            event.acceptProposedAction()
+
+    def dropEvent(self, event):  # noqa: N802
+        urls = event.mimeData().urls()
+        if urls:
+            self.open_path(urls[0].toLocalFile())
+
+    def open_path(self, path: str) -> None:
+        """A dropped file or folder: a model file is loaded as the model, anything else as the source."""
+        p = Path(path)
+        if p.suffix.lower() in MODEL_SUFFIXES:
+            self.open_model(str(p))
+        else:
+            self.open_source(str(p))
+
+    def closeEvent(self, event):  # noqa: N802
+        self._play.stop()
+        self._rss.stop()
+        self.runner.shutdown()
+        if self.ws is not None and self.ws.is_stream:
+            self.ws.source.release()
+        super().closeEvent(event)
