@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 
 def _compare_parser(sub) -> None:
@@ -112,6 +113,49 @@ def run_compare(args) -> int:
     return 0
 
 
+def _bench_parser(sub) -> None:
+    bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench", required=True)
+    live = bench.add_parser("live", help="live mode through the real window (offscreen)")
+    live.add_argument("--video", default=None,
+                      help="video standing in for a camera (default: a generated 640x480 30 FPS clip)")
+    live.add_argument("--seconds", type=float, default=20.0)
+    live.add_argument("--sparsity", type=float, default=0.0)
+    live.add_argument("--prune-method", default="unstructured-global",
+                      choices=["unstructured", "unstructured-global", "structured"])
+    live.add_argument("--bits", type=int, default=8)
+    live.add_argument("--quant-scheme", choices=["weights", "weights-activations"], default=None)
+    live.add_argument("--json", action="store_true")
+
+
+def run_bench(args) -> int:
+    from .core.config import ConfigError, OptimizationConfig
+
+    scheme = args.quant_scheme or ("weights-activations" if args.bits == 8 else "weights")
+    try:
+        config = OptimizationConfig(sparsity=args.sparsity, prune_method=args.prune_method, bits=args.bits,
+                                    quant_scheme=scheme)
+    except ConfigError as exc:
+        return _fail(str(exc))
+    video = args.video
+    if video is None:
+        import tempfile
+
+        from .core.live import make_test_video
+
+        video = str(make_test_video(Path(tempfile.mkdtemp()) / "live.avi", seconds=10, fps=30))
+    elif not Path(video).is_file():
+        return _fail(f"no such video: {video}")
+    from .ui.live_bench import bench_live
+
+    result = bench_live(video, args.seconds, config)
+    if args.json:
+        print(json.dumps(result, indent=1))
+    else:
+        for k, v in result.items():
+            print(f"{k}: {v}")
+    return 0
+
+
 def run_gui(args) -> int:
     from .app import run
 
@@ -122,12 +166,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="workbench", description=__doc__)
     sub = parser.add_subparsers(dest="command")
     _compare_parser(sub)
+    _bench_parser(sub)
     g = sub.add_parser("gui", help="open the window (the default)")
     g.add_argument("--model", default=None)
     g.add_argument("--images", default=None)
     args = parser.parse_args(argv)
     if args.command == "compare":
         return run_compare(args)
+    if args.command == "bench":
+        return run_bench(args)
     if args.command is None:
         args = parser.parse_args(["gui", *(argv or [])])
     return run_gui(args)

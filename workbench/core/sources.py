@@ -163,8 +163,17 @@ class VideoSource:
             n += 1
             yield frame
 
+    def rewind(self) -> None:
+        import cv2
+
+        self._cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
+
     def release(self) -> None:
         self._cap.release()
+
+    @property
+    def released(self) -> bool:
+        return not self._cap.isOpened()
 
 
 def open_source(spec: str | Path | int | None, limit: int | None = None):

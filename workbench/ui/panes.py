@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 from PySide6.QtCore import Qt
-from PySide6.QtGui import QImage, QPixmap
+from PySide6.QtGui import QColor, QImage, QPainter, QPixmap
 from PySide6.QtWidgets import QGridLayout, QGroupBox, QLabel, QProgressBar, QSizePolicy, QVBoxLayout
 
 from ..core.session import Prediction
@@ -57,19 +57,35 @@ class ModelPane(QGroupBox):
         layout.addWidget(self.latency)
         layout.addWidget(self.what)
         self._pixmap: QPixmap | None = None
+        self._caption: str | None = None
 
-    def set_image(self, rgb: np.ndarray) -> None:
-        self._pixmap = to_pixmap(rgb)
-        self._rescale()
+    def set_image(self, image: np.ndarray | QPixmap, caption: str | None = None, fast: bool = False) -> None:
+        """Show a frame; ``caption`` (live mode: the top-1 class) is drawn over it.
+        ``fast`` scales without smoothing (live video at the camera's rate)."""
+        self._pixmap = image if isinstance(image, QPixmap) else to_pixmap(image)
+        self._caption = caption
+        self._rescale(fast)
 
     def resizeEvent(self, event):  # noqa: N802 - Qt override
         super().resizeEvent(event)
         self._rescale()
 
-    def _rescale(self) -> None:
-        if self._pixmap is not None:
-            self.image.setPixmap(self._pixmap.scaled(self.image.size(), Qt.AspectRatioMode.KeepAspectRatio,
-                                                     Qt.TransformationMode.SmoothTransformation))
+    def _rescale(self, fast: bool = False) -> None:
+        if self._pixmap is None:
+            return
+        mode = Qt.TransformationMode.FastTransformation if fast else Qt.TransformationMode.SmoothTransformation
+        scaled = self._pixmap.scaled(self.image.size(), Qt.AspectRatioMode.KeepAspectRatio, mode)
+        if self._caption:
+            painter = QPainter(scaled)
+            painter.fillRect(0, 0, scaled.width(), 26, QColor(0, 0, 0, 150))
+            painter.setPen(QColor("white"))
+            font = painter.font()
+            font.setPointSize(12)
+            font.setBold(True)
+            painter.setFont(font)
+            painter.drawText(8, 19, self._caption)
+            painter.end()
+        self.image.setPixmap(scaled)
 
     def show_prediction(self, pred: Prediction, classes: list[str], truth: int | None,
                         differs: bool = False) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 import psutil
 from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtWidgets import (
+    QCheckBox,
     QComboBox,
     QFileDialog,
     QFormLayout,
@@ -26,6 +27,7 @@ from PySide6.QtWidgets import (
 )
 
 from ..core.config import BIT_STOPS, OptimizationConfig
+from ..core.live import LiveSession
 from ..core.models import DEFAULT_MODEL, LoadedModel, available_models, load_model
 from ..core.session import (
     EvalProgress,
@@ -37,7 +39,7 @@ from ..core.session import (
     predict_one,
 )
 from ..core.sources import IMAGE_SUFFIXES, VIDEO_SUFFIXES, list_cameras, open_source
-from .panes import ModelPane
+from .panes import ModelPane, to_pixmap
 from .plots import Plots, TradeoffPoint
 from .runner import Runner
 
@@ -61,10 +63,13 @@ def load_workspace(model_spec: str | LoadedModel, source_spec, limit: int = FOLD
     source = open_source(source_spec)
     ws = Workspace(loaded, source)
     if ws.is_stream:
-        frame = source.read()
-        if frame is None:
+        for _ in range(8):  # calibration frames; live mode takes over from here
+            frame = source.read()
+            if frame is None:
+                break
+            ws.add(frame)
+        if not ws.frames:
             raise ValueError(f"{source.name} delivered no frame")
-        ws.add(frame)
     else:
         # the first frame comes at once; the rest are read while the user looks at it
         yield from ws.read_frames(min(limit, 16))
@@ -87,11 +92,15 @@ class MainWindow(QMainWindow):
         self.shown_config: OptimizationConfig | None = None
         self.original_figures: tuple | None = None
         self.index = 0
+        self.live: LiveSession | None = None
+        self.live_stats = {"displayed": 0, "last_seq": 0}
         self.model_spec = model or DEFAULT_MODEL
         self.source_spec = source
         self._build()
         self._debounce = QTimer(self, singleShot=True, interval=150)
         self._debounce.timeout.connect(self._apply_config)
+        self._display = QTimer(self, timerType=Qt.TimerType.PreciseTimer)
+        self._display.timeout.connect(self._on_display_tick)
         self._play = QTimer(self, interval=1200)
         self._play.timeout.connect(self._on_play_tick)
         self._rss = QTimer(self, interval=1000)
@@ -175,7 +184,9 @@ class MainWindow(QMainWindow):
         self.prev_button.clicked.connect(lambda: self.show_frame(self.index - 1))
         self.next_button.clicked.connect(lambda: self.show_frame(self.index + 1))
         self.play_button.toggled.connect(self._on_play_toggled)
-        for w in (self.prev_button, self.play_button, self.next_button, self.frame_label):
+        self.loop_check = QCheckBox("loop video", objectName="loopCheck", checked=True)
+        self.loop_check.toggled.connect(lambda on: setattr(self.live.grabber, "loop", on) if self.live else None)
+        for w in (self.prev_button, self.play_button, self.next_button, self.loop_check, self.frame_label):
             nav.addWidget(w)
         nav.addStretch(1)
         left = QWidget()
@@ -255,6 +266,7 @@ class MainWindow(QMainWindow):
     def _load(self, model_spec, source_spec) -> None:
         self.runner.cancel_all()
         self._play_stop()
+        self.stop_live()
         self.runner.submit("load", load_workspace, model_spec, source_spec,
                            on_result=self._on_loaded, on_progress=self._on_progress, on_error=self._on_error)
 
@@ -297,8 +309,7 @@ class MainWindow(QMainWindow):
         self.open_source(data)
 
     def _on_loaded(self, ws: Workspace) -> None:
-        if self.ws is not None and self.ws.is_stream and self.ws.source is not ws.source:
-            self.ws.source.release()
+        self.stop_live()
         self.ws = ws
         self.measured = None
         self.shown_config = None
@@ -307,6 +318,8 @@ class MainWindow(QMainWindow):
         self.model_picker.setToolTip(ws.loaded.display_name)
         self._show_status(f"{ws.loaded.display_name} on {ws.source.name}")
         self.show_frame(0)
+        if ws.is_stream:
+            self.start_live()
         self.runner.submit("measure-original", self._measure_original, ws, on_result=self._on_original_measured,
                            on_error=self._on_error)
         if not ws.is_stream:
@@ -352,7 +365,7 @@ class MainWindow(QMainWindow):
         self._infer()
 
     def _infer(self) -> None:
-        if self.ws is None:
+        if self.ws is None or self.live is not None:
             return
         optimized = self.measured.optimized.model if self.measured else None
         self.runner.submit("infer", self._infer_job, self.ws, self.index, optimized,
@@ -362,10 +375,8 @@ class MainWindow(QMainWindow):
     def _infer_job(ws: Workspace, index: int, optimized):
         x = ws.inputs[index]
         ref = ws.original_preds.get(index)
-        if ref is None or ws.is_stream:
-            ref = predict_one(ws.loaded.model, x)
-            if not ws.is_stream:
-                ws.original_preds[index] = ref
+        if ref is None:
+            ref = ws.original_preds[index] = predict_one(ws.loaded.model, x)
         new = predict_one(optimized, x) if optimized is not None else None
         return index, ref, new
 
@@ -381,26 +392,77 @@ class MainWindow(QMainWindow):
                 self.shown_config = self.measured.optimized.config
                 self.shown.emit(self.shown_config)
         self.plots.add_latency(ref.latency_ms, new.latency_ms if new else None)
-        if self.ws.is_stream and self._play.isActive():
-            QTimer.singleShot(0, self._next_stream_frame)
 
-    def _next_stream_frame(self) -> None:
-        frame = self.ws.source.read() if self.ws else None
-        if frame is None:
-            self._play_stop()
-            self._show_status(f"{self.ws.source.name}: no more frames", error=False)
+    # live mode (camera, video) ----------------------------------------------
+    def start_live(self) -> None:
+        """Run the stream through both models at display rate (see core.live)."""
+        ws = self.ws
+        optimized = self.measured.optimized.model if self.measured else None
+        self.live = LiveSession(ws.source, ws.loaded.model, optimized, ws.loaded.preprocess,
+                                loop=self.loop_check.isChecked())
+        self.live_stats = {"displayed": 0, "last_seq": 0}
+        self.live.start()
+        # poll well above the source rate: a late tick still shows the newest frame, and a
+        # tick without a new frame costs nothing
+        self._display.start(max(4, int(250 / self.live.grabber.fps)))
+        self.play_button.blockSignals(True)
+        self.play_button.setChecked(True)
+        self.play_button.setText("⏸ pause")
+        self.play_button.blockSignals(False)
+
+    def stop_live(self) -> bool:
+        """Stop the capture and predictor threads; the capture device or file is released."""
+        self._display.stop()
+        live, self.live = self.live, None
+        return live.stop() if live is not None else True
+
+    def _on_display_tick(self) -> None:
+        live = self.live
+        if live is None:
             return
-        self.ws.add(frame)
-        if len(self.ws.frames) > 64:  # keep the first frames (calibration) and the newest
-            del self.ws.frames[16], self.ws.inputs[16]
-        self.show_frame(-1)
+        stamped = live.grabber.latest
+        if stamped is not None and stamped.seq != self.live_stats["last_seq"]:
+            self.live_stats["last_seq"] = stamped.seq
+            self.live_stats["displayed"] += 1
+            classes = self.ws.loaded.classes
+            ref, new = live.original.latest, live.optimized.latest
+            pixmap = to_pixmap(stamped.frame.rgb)
+            self.original_pane.set_image(pixmap, classes[ref[1].top1] if ref else None, fast=True)
+            self.optimized_pane.set_image(pixmap, classes[new[1].top1] if new else None, fast=True)
+        classes = self.ws.loaded.classes
+        ref = live.original.latest
+        new = live.optimized.latest
+        if ref is not None and ref[0] != self.live_stats.get("ref_seq"):
+            self.live_stats["ref_seq"] = ref[0]
+            self.original_pane.show_prediction(ref[1], classes, None)
+            self.plots.add_latency(ref[1].latency_ms, new[1].latency_ms if new else None)
+        if new is not None and new[0] != self.live_stats.get("new_seq"):
+            self.live_stats["new_seq"] = new[0]
+            self.optimized_pane.show_prediction(new[1], classes, None,
+                                                differs=ref is not None and new[1].top1 != ref[1].top1)
+            if self.measured and live.optimized.model is self.measured.optimized.model \
+                    and self.shown_config != self.measured.optimized.config:
+                self.shown_config = self.measured.optimized.config
+                self.shown.emit(self.shown_config)
+        self.original_pane.latency.setText(f"{live.original.rate():.1f} predictions/s · "
+                                           f"{ref[1].latency_ms:.0f} ms" if ref else "")
+        self.optimized_pane.latency.setText(f"{live.optimized.rate():.1f} predictions/s · "
+                                            f"{new[1].latency_ms:.0f} ms" if new else "")
+        self.frame_label.setText(f"live: frame {live.grabber.frames_read}")
+        if live.grabber.error or live.original.error or live.optimized.error:
+            self._show_status(live.grabber.error or live.original.error or live.optimized.error, error=True)
+            if live.grabber.error:
+                self.stop_live()
+        elif live.grabber.ended and not live.grabber.is_alive():
+            self._show_status(f"{self.ws.source.name}: end of video")
+            self._display.stop()
 
     def _on_play_toggled(self, on: bool) -> None:
         self.play_button.setText("⏸ pause" if on else "▶ play")
-        if on:
+        if self.live is not None:
+            self.live.pause(not on)
+        elif on:
             self._play.start()
-            if self.ws and self.ws.is_stream:
-                self._next_stream_frame()
         else:
             self._play.stop()
 
@@ -409,7 +471,11 @@ class MainWindow(QMainWindow):
             self.show_frame(self.index + 1)
 
     def _play_stop(self) -> None:
+        self._play.stop()
+        self.play_button.blockSignals(True)
         self.play_button.setChecked(False)
+        self.play_button.setText("▶ play")
+        self.play_button.blockSignals(False)
 
     # optimization -------------------------------------------------------------
     def _apply_config(self, force: bool = False) -> None:
@@ -432,6 +498,8 @@ class MainWindow(QMainWindow):
         self.plots.add_point(TradeoffPoint(opt.config, measured.latency_ms, measured.size_bytes))
         self.plots.set_current(opt.config)
         self._show_status(f"ready: {opt.config.label()} ({opt.description})")
+        if self.live is not None:
+            self.live.set_optimized(opt.model)
         self._infer()
         if not self.runner.busy("read"):
             self._start_evaluation()
@@ -518,7 +586,6 @@ class MainWindow(QMainWindow):
     def closeEvent(self, event):  # noqa: N802
         self._play.stop()
         self._rss.stop()
+        self.stop_live()
         self.runner.shutdown()
-        if self.ws is not None and self.ws.is_stream:
-            self.ws.source.release()
         super().closeEvent(event)

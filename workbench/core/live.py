@@ -1,0 +1,218 @@
+"""Live mode without Qt: a capture thread that keeps only the newest frame, and one
+predictor thread per model that always works on the newest frame.
+
+The display (the window's timer) runs at the source's rate, independent of inference.
+Each predictor runs torch with one intra-op thread, so the two models share the two
+cores instead of over-subscribing them.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .session import Prediction, predict_one
+from .sources import Frame, VideoSource
+
+
+@dataclass(frozen=True)
+class Stamped:
+    seq: int
+    frame: Frame
+
+
+class Grabber(threading.Thread):
+    """Reads a :class:`VideoSource` at its own rate; ``latest`` is the newest frame.
+
+    A video file is paced at its FPS (a camera paces itself). At the end a video loops
+    or stops (``loop``); a camera that stops delivering sets ``error``."""
+
+    def __init__(self, source: VideoSource, loop: bool = True):
+        super().__init__(name="workbench-grabber", daemon=True)
+        self.source = source
+        self.loop = loop
+        self.fps = float(source.fps or 30.0)
+        self.latest: Stamped | None = None
+        self.frames_read = 0
+        self.error: str | None = None
+        self.ended = False
+        self._halt = threading.Event()
+        self._paused = threading.Event()
+        self.new_frame = threading.Condition()
+
+    def run(self) -> None:
+        camera = isinstance(self.source.target, int)
+        period = 1.0 / self.fps
+        next_t = time.perf_counter()
+        try:
+            while not self._halt.is_set():
+                if self._paused.is_set():
+                    time.sleep(0.02)
+                    next_t = time.perf_counter()
+                    continue
+                frame = self.source.read()
+                if frame is None:
+                    if camera:
+                        self.error = f"{self.source.name} stopped delivering frames (unplugged?)"
+                        break
+                    if self.loop:
+                        self.source.rewind()
+                        continue
+                    self.ended = True
+                    break
+                self.frames_read += 1
+                with self.new_frame:
+                    self.latest = Stamped(self.frames_read, frame)
+                    self.new_frame.notify_all()
+                if not camera:
+                    next_t += period
+                    delay = next_t - time.perf_counter()
+                    if delay > 0:
+                        self._halt.wait(delay)
+                    else:
+                        next_t = time.perf_counter()
+        except Exception as exc:  # a broken stream must not take the window with it
+            self.error = f"{self.source.name}: {type(exc).__name__}: {exc}"
+        finally:
+            self.source.release()
+            with self.new_frame:
+                self.new_frame.notify_all()
+
+    def pause(self, paused: bool) -> None:
+        (self._paused.set if paused else self._paused.clear)()
+
+    def stop(self) -> None:
+        self._halt.set()
+
+
+class Predictor(threading.Thread):
+    """Runs one model on the newest frame, again and again. ``model`` may be swapped
+    at any time (the next prediction uses the new one)."""
+
+    def __init__(self, name: str, grabber: Grabber, model, preprocess, max_rate: float = 12.0):
+        super().__init__(name=f"workbench-predict-{name}", daemon=True)
+        self.max_rate = max_rate  # predictions per second: leaves a core's share for capture and display
+        self.grabber = grabber
+        self.model = model
+        self.preprocess = preprocess
+        self.latest: tuple[int, Prediction] | None = None
+        self.count = 0
+        self.times: list[float] = []  # completion times, for predictions per second
+        self.error: str | None = None
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        done_seq = 0
+        while not self._halt.is_set():
+            with self.grabber.new_frame:
+                while (not self._halt.is_set() and self.grabber.is_alive()
+                       and (self.grabber.latest is None or self.grabber.latest.seq == done_seq)):
+                    self.grabber.new_frame.wait(0.1)
+                stamped = self.grabber.latest
+            if self._halt.is_set() or stamped is None or stamped.seq == done_seq:
+                if not self.grabber.is_alive():
+                    return
+                continue
+            model = self.model
+            if model is None:
+                time.sleep(0.01)
+                continue
+            started = time.perf_counter()
+            try:
+                pred = predict_one(model, self.preprocess(stamped.frame.rgb))
+            except Exception as exc:
+                self.error = f"{type(exc).__name__}: {exc}"
+                time.sleep(0.2)
+                continue
+            done_seq = stamped.seq
+            self.latest = (stamped.seq, pred)
+            self.count += 1
+            now = time.perf_counter()
+            self.times.append(now)
+            if len(self.times) > 200:
+                del self.times[:100]
+            if self.max_rate:
+                self._halt.wait(max(0.0, started + 1.0 / self.max_rate - now))
+
+    def rate(self, window_s: float = 2.0) -> float:
+        """Predictions per second over the last ``window_s`` seconds."""
+        now = time.perf_counter()
+        recent = [t for t in self.times if now - t <= window_s]
+        return len(recent) / window_s if recent else 0.0
+
+    def stop(self) -> None:
+        self._halt.set()
+
+
+class LiveSession:
+    """A grabber and two predictors: start, swap the optimized model, pause, stop."""
+
+    def __init__(self, source: VideoSource, original, optimized, preprocess, loop: bool = True,
+                 max_rate: float = 12.0):
+        self.grabber = Grabber(source, loop)
+        self.original = Predictor("original", self.grabber, original, preprocess, max_rate)
+        self.optimized = Predictor("optimized", self.grabber, optimized, preprocess, max_rate)
+
+    def start(self) -> None:
+        import cv2
+        import torch
+
+        # one torch thread per predictor: the two models split the cores between them
+        self._threads_before = torch.get_num_threads()
+        torch.set_num_threads(1)
+        cv2.setNumThreads(1)
+        # hand the GIL over sooner, so the GUI thread's timers fire on time
+        self._switch_before = sys.getswitchinterval()
+        sys.setswitchinterval(0.001)
+        self.grabber.start()
+        self.original.start()
+        self.optimized.start()
+
+    def set_optimized(self, model) -> None:
+        self.optimized.model = model
+
+    def pause(self, paused: bool) -> None:
+        self.grabber.pause(paused)
+
+    def stop(self, timeout: float = 5.0) -> bool:
+        """Stop all threads and release the capture; True when every thread ended."""
+        for t in (self.original, self.optimized, self.grabber):
+            t.stop()
+        for t in (self.grabber, self.original, self.optimized):
+            if t.is_alive():
+                t.join(timeout)
+        if hasattr(self, "_threads_before"):
+            import torch
+
+            torch.set_num_threads(self._threads_before)
+            sys.setswitchinterval(self._switch_before)
+        return not any(t.is_alive() for t in (self.grabber, self.original, self.optimized))
+
+    @property
+    def threads(self) -> list[threading.Thread]:
+        return [self.grabber, self.original, self.optimized]
+
+
+def make_test_video(path: Path, seconds: float = 3.0, fps: int = 30, size: tuple[int, int] = (640, 480)) -> Path:
+    """A video of the sample photos panning across the frame (for tests and benchmarks)."""
+    import cv2
+
+    from .sources import SAMPLES, read_image
+
+    w, h = size
+    photos = [cv2.resize(read_image(p), (w + 160, h)) for p in sorted(SAMPLES.glob("*.jpg"))]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (w, h))
+    if not writer.isOpened():
+        raise RuntimeError(f"cannot write {path}")
+    n = int(seconds * fps)
+    for i in range(n):
+        photo = photos[(i * len(photos)) // n]
+        x = int(80 + 80 * np.sin(i / fps * 2))
+        writer.write(cv2.cvtColor(np.ascontiguousarray(photo[:, x:x + w]), cv2.COLOR_RGB2BGR))
+    writer.release()
+    return Path(path)

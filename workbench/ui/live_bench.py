@@ -1,0 +1,88 @@
+"""``python -m workbench bench live``: the real window (offscreen) on a video standing in
+for a camera, measured while it runs."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+import time
+
+import psutil
+
+from ..core.config import BIT_STOPS, OptimizationConfig
+
+
+def _wait(app, predicate, timeout: float) -> None:
+    end = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > end:
+            raise TimeoutError("the window did not reach the state in time")
+        app.processEvents()
+        time.sleep(0.005)
+
+
+def bench_live(video: str, seconds: float, config: OptimizationConfig) -> dict:
+    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    from PySide6.QtCore import QElapsedTimer, QTimer
+    from PySide6.QtWidgets import QApplication
+
+    from . import build_window
+    from .window import PRUNE_METHODS, SCHEMES
+
+    app = QApplication.instance() or QApplication(sys.argv)
+    proc = psutil.Process()
+    w = build_window(source=video)
+    w.show()
+    _wait(app, lambda: w.live is not None and w.live.original.count > 0, 120)
+    w.sparsity_slider.setValue(round(config.sparsity * 100))
+    w.prune_method.setCurrentIndex([v for _, v in PRUNE_METHODS].index(config.prune_method))
+    w.quant_scheme.setCurrentIndex([v for _, v in SCHEMES].index(config.quant_scheme))
+    w.bits_slider.setValue(BIT_STOPS.index(config.bits))
+    w._debounce.start()
+    _wait(app, lambda: w.shown_config == config, 300)
+    _wait(app, lambda: w.runner.busy() is False, 120)
+
+    live = w.live
+    lags: list[float] = []
+    clock = QElapsedTimer()
+    last = [0]
+
+    def tick():
+        now = clock.elapsed()
+        lags.append(max(0.0, now - last[0] - 10))
+        last[0] = now
+
+    probe = QTimer()
+    probe.setInterval(10)
+    probe.timeout.connect(tick)
+    start = {"read": live.grabber.frames_read, "shown": w.live_stats["displayed"],
+             "orig": live.original.count, "opt": live.optimized.count}
+    rss_start = proc.memory_info().rss / 1e6
+    clock.start()
+    probe.start()
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < seconds:
+        app.processEvents()
+        time.sleep(0.001)
+    elapsed = time.monotonic() - t0
+    probe.stop()
+    read = live.grabber.frames_read - start["read"]
+    shown = w.live_stats["displayed"] - start["shown"]
+    result = {
+        "video": video, "seconds": round(elapsed, 2), "config": config.to_dict(),
+        "kernels": w.measured.optimized.kernels if w.measured else None,
+        "source_fps": round(live.grabber.fps, 2),
+        "read_fps": round(read / elapsed, 2),
+        "display_fps": round(shown / elapsed, 2),
+        "original_pred_fps": round((live.original.count - start["orig"]) / elapsed, 2),
+        "optimized_pred_fps": round((live.optimized.count - start["opt"]) / elapsed, 2),
+        "ui_lag_ms": {"p50": round(statistics.median(lags[1:]), 2) if len(lags) > 1 else None,
+                      "p99": round(sorted(lags[1:])[int(0.99 * (len(lags) - 2))], 2) if len(lags) > 1 else None,
+                      "samples": max(0, len(lags) - 1)},
+        "dropped_frames": max(0, read - shown),
+        "rss_mb": {"start": round(rss_start, 1), "end": round(proc.memory_info().rss / 1e6, 1)},
+        "cpu_count": os.cpu_count(),
+    }
+    w.close()
+    return result
