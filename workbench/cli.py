@@ -25,6 +25,10 @@ def _compare_parser(sub) -> None:
     p.add_argument("--quant-scheme", choices=["weights", "weights-activations"], default=None,
                    help="default: weights-activations at 8 bits (real int8), weights below")
     p.add_argument("--per-tensor", action="store_true", help="one scale per tensor instead of per channel")
+    p.add_argument("--runtime", choices=["torch", "onnxruntime"], default="torch",
+                   help="run the optimized model in torch or exported to ONNX Runtime (default: %(default)s)")
+    p.add_argument("--round-to", type=int, default=1,
+                   help="structured pruning keeps channel counts a multiple of this (e.g. 8)")
     p.add_argument("--exclude", action="append", default=[], help="layer name to leave alone (repeatable)")
     p.add_argument("--calibration", type=int, default=32, help="calibration images (default: %(default)s)")
     p.add_argument("--runs", type=int, default=30, help="timed runs for latency (default: %(default)s)")
@@ -91,7 +95,7 @@ def run_compare(args) -> int:
     try:
         config = OptimizationConfig(sparsity=args.sparsity, prune_method=args.prune_method, bits=args.bits,
                                     quant_scheme=scheme, per_channel=not args.per_tensor,
-                                    exclude=tuple(args.exclude))
+                                    exclude=tuple(args.exclude), runtime=args.runtime, round_to=args.round_to)
         source = open_source(args.images, args.limit)
         loaded = load_model(args.model, weights=args.weights, trust=args.trust, arch=args.arch)
     except (ConfigError, SourceError, ModelLoadError) as exc:

@@ -16,6 +16,7 @@ from .measure import (
     agreement,
     count_macs,
     count_params,
+    inference_memory,
     mean_kl,
     measure_latency,
     peak_rss_bytes,
@@ -58,18 +59,18 @@ def load_batch(loaded: LoadedModel, source, limit: int | None = None) -> Iterato
     yield batch
 
 
-def model_report(model, float_model, batch: Batch, preds: Predictions, *, file_path: Path,
-                 quant_bits=None, per_channel=True, sparse=False, latency_runs=30) -> dict:
-    """The figures of one model: accuracy, latency, size of a real file, params, MACs."""
+def model_report(model, float_model, batch: Batch, preds: Predictions, file: tuple[Path, int, str],
+                 latency_runs=30) -> dict:
+    """The figures of one model: accuracy, latency, size of its real ``file``, params, MACs."""
     top1, top5 = preds.accuracy(batch.labels)
     latency = measure_latency(model, batch.inputs[0], runs=latency_runs)
-    size, fmt = write_model_file(file_path, model if not (quant_bits or sparse) else float_model,
-                                 quant_bits=quant_bits, per_channel=per_channel, sparse=sparse)
+    file_path, size, fmt = file
     params, nonzero = count_params(float_model)
     macs = count_macs(float_model, batch.inputs[0]) or None
     return {"top1": top1, "top5": top5, "latency_ms": latency.to_dict(), "size_bytes": size,
             "file": str(file_path), "file_format": fmt, "params": params, "nonzero_params": nonzero,
-            "macs": macs, "peak_memory_bytes": peak_rss_bytes()}
+            "macs": macs, "peak_memory_bytes": peak_rss_bytes(),
+            "inference_memory": inference_memory(model, batch.inputs[0])}
 
 
 def compare_steps(loaded: LoadedModel, source, config: OptimizationConfig, *, limit: int | None = None,
@@ -85,7 +86,9 @@ def compare_steps(loaded: LoadedModel, source, config: OptimizationConfig, *, li
     if not batch.inputs:
         raise ValueError(f"no readable image in {source.name}")
     opt: OptimizedModel | None = None
-    for step in optimize_steps(loaded.model, config, batch.inputs[:calibration_images]):
+    out = Path(out_dir or tempfile.mkdtemp(prefix="workbench-"))
+    out.mkdir(parents=True, exist_ok=True)
+    for step in optimize_steps(loaded.model, config, batch.inputs[:calibration_images], workdir=out):
         if isinstance(step, str):
             yield step
         else:
@@ -93,18 +96,11 @@ def compare_steps(loaded: LoadedModel, source, config: OptimizationConfig, *, li
     yield f"evaluating {len(batch.inputs)} images"
     ref = predict(loaded.model, batch.inputs)
     new = predict(opt.model, batch.inputs)
-    out = Path(out_dir or tempfile.mkdtemp(prefix="workbench-"))
-    out.mkdir(parents=True, exist_ok=True)
     yield "measuring latency and size"
-    original = model_report(loaded.model, loaded.model, batch, ref, file_path=out / "original.pt",
-                            latency_runs=latency_runs)
-    sparse = config.sparsity > 0 and config.prune_method != "structured"
-    packed = config.simulated or sparse
-    optimized = model_report(
-        opt.model, opt.float_model, batch, new,
-        file_path=out / ("optimized.wbpack" if packed else "optimized.pt"),
-        quant_bits=opt.quant_bits if packed else None, per_channel=config.per_channel,
-        sparse=sparse, latency_runs=latency_runs)
+    original_file = out / "original.pt"
+    original = model_report(loaded.model, loaded.model, batch, ref,
+                            (original_file, *write_model_file(original_file, loaded.model)), latency_runs)
+    optimized = model_report(opt.model, opt.float_model, batch, new, opt.write_file(out), latency_runs)
     optimized.update({"agreement": agreement(ref, new), "kl": mean_kl(ref, new), "kernels": opt.kernels,
                       "simulated": opt.simulated, "description": opt.description,
                       "float_fallback": opt.float_fallback, "notes": opt.notes})

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field, replace
 PRUNE_METHODS = ("unstructured", "unstructured-global", "structured")
 QUANT_SCHEMES = ("weights", "weights-activations")
 BIT_STOPS = (2, 3, 4, 5, 6, 7, 8, 16, 32)
+RUNTIMES = ("torch", "onnxruntime")
 CONFIG_VERSION = 1
 
 
@@ -25,6 +26,7 @@ class OptimizationConfig:
     per_channel: one scale per output channel (else per tensor).
     exclude: layer names that are neither pruned nor quantized.
     round_to: structured pruning keeps channel counts a multiple of this (1 = any).
+    runtime: "torch" (eager / FX int8) or "onnxruntime" (exported to ONNX, as deployed).
     """
 
     sparsity: float = 0.0
@@ -34,6 +36,7 @@ class OptimizationConfig:
     per_channel: bool = True
     exclude: tuple[str, ...] = field(default_factory=tuple)
     round_to: int = 1
+    runtime: str = "torch"
 
     def __post_init__(self):
         if not isinstance(self.sparsity, (int, float)) or not 0.0 <= self.sparsity <= 0.95:
@@ -46,12 +49,17 @@ class OptimizationConfig:
             raise ConfigError(f"quant scheme must be one of {', '.join(QUANT_SCHEMES)}, got {self.quant_scheme!r}")
         if not isinstance(self.round_to, int) or self.round_to < 1:
             raise ConfigError(f"round_to must be a positive integer, got {self.round_to!r}")
+        if self.runtime not in RUNTIMES:
+            raise ConfigError(f"runtime must be one of {', '.join(RUNTIMES)}, got {self.runtime!r}")
+        if self.runtime == "onnxruntime" and self.simulated and self.quant_scheme == "weights-activations" \
+                and self.bits < 8:
+            raise ConfigError(f"ONNX Runtime has no {self.bits}-bit activations; use the torch runtime")
         object.__setattr__(self, "sparsity", float(self.sparsity))
         object.__setattr__(self, "exclude", tuple(self.exclude))
 
     @property
     def is_identity(self) -> bool:
-        return self.sparsity == 0 and self.bits == 32
+        return self.sparsity == 0 and self.bits == 32 and self.runtime == "torch"
 
     @property
     def real_int8(self) -> bool:
@@ -72,6 +80,8 @@ class OptimizationConfig:
         if self.bits < 32:
             scheme = "W" if self.quant_scheme == "weights" else "W+A"
             parts.append(f"{self.bits}-bit {scheme}")
+        if self.runtime != "torch":
+            parts.append(self.runtime)
         return ", ".join(parts) or "original"
 
     def to_dict(self) -> dict:

@@ -85,6 +85,74 @@ def peak_rss_bytes() -> int:
     return peak if sys.platform == "darwin" else peak * 1024
 
 
+def _tensor_bytes(obj) -> int:
+    if torch.is_tensor(obj):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, (tuple, list)):
+        return sum(_tensor_bytes(o) for o in obj)
+    return 0
+
+
+_ORT_PEAK_SCRIPT = """
+import sys, resource, numpy as np, onnxruntime as ort
+ort.set_default_logger_severity(3)
+o = ort.SessionOptions(); o.intra_op_num_threads = 1
+o.enable_cpu_mem_arena = False; o.enable_mem_pattern = False
+s = ort.InferenceSession(sys.argv[1], o, providers=["CPUExecutionProvider"])
+x = {s.get_inputs()[0].name: np.zeros([int(v) for v in sys.argv[2:]], np.float32)}
+s.run(None, x)
+page = resource.getpagesize()
+before = int(open("/proc/self/statm").read().split()[1]) * page
+open("/proc/self/clear_refs", "w").write("5")
+s.run(None, x)
+hwm = next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmHWM"))
+print(max(0, hwm - before))
+"""
+
+
+def _ort_activation_peak(path: Path, shape) -> int | None:
+    """Linux: run the ONNX file in a fresh process where glibc maps every allocation over
+    64 KiB on its own (so freed memory leaves RSS), and read the rise of the resident
+    high-water mark during one run."""
+    import os
+    import subprocess
+
+    if not sys.platform.startswith("linux"):
+        return None
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
+    out = subprocess.run([sys.executable, "-c", _ORT_PEAK_SCRIPT, str(path), *map(str, shape)],
+                         capture_output=True, text=True, env=env, timeout=120)
+    return int(out.stdout.strip()) if out.returncode == 0 and out.stdout.strip().isdigit() else None
+
+
+def inference_memory(model, example: torch.Tensor) -> dict:
+    """Peak memory of one batch-1 inference: weights plus the activations' peak.
+
+    torch models: every allocation is followed with the profiler (its peak of live bytes).
+    ONNX Runtime: a session without memory arena, and the rise of the process's
+    resident high-water mark during one run, in a separate process (Linux)."""
+    if hasattr(model, "path"):  # OrtModel
+        activations = _ort_activation_peak(model.path, example.shape)
+        weights = model.path.stat().st_size
+        method = "rss-high-water"
+    else:
+        from torch.profiler import ProfilerActivity, profile
+
+        with torch.inference_mode():
+            model(example)
+            with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+                model(example)
+        events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
+        live = activations = 0
+        for e in sorted(events, key=lambda e: e.start_ns()):
+            live += e.nbytes()
+            activations = max(activations, live)
+        weights = sum(_tensor_bytes(v) for v in model.state_dict().values())
+        method = "torch-profiler"
+    total = None if activations is None else weights + activations
+    return {"weights_bytes": weights, "activations_bytes": activations, "total_bytes": total, "method": method}
+
+
 def _pack_codes(codes: np.ndarray, bits: int) -> np.ndarray:
     """Signed integer codes -> a byte array holding ``bits`` bits per code."""
     unsigned = (codes.astype(np.int64) + (1 << (bits - 1))).astype(np.uint16)

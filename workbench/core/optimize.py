@@ -8,13 +8,16 @@ and stops cleanly when the consumer stops iterating (that is how work is cancell
 from __future__ import annotations
 
 import copy
+import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from .config import OptimizationConfig
+from .measure import write_model_file
 from .quantize import (
     QUANT_LAYERS,
     float_layers,
@@ -45,15 +48,36 @@ class OptimizedModel:
     quant_bits: dict[str, int] = field(default_factory=dict)
     float_fallback: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    file: Path | None = None  # the deployable file, when the runtime needed one (ONNX)
 
     @property
     def simulated(self) -> bool:
         return self.config.simulated
 
+    def write_file(self, folder: Path, name: str = "optimized") -> tuple[Path, int, str]:
+        """The file a user would ship, written for real: (path, bytes, format).
+
+        ONNX Runtime: the ONNX file itself; simulated bit widths and zeroed weights: the
+        packed format; otherwise a ``torch.save`` state dict (int8 tensors for real int8)."""
+        if self.file is not None:
+            return self.file, self.file.stat().st_size, "onnx"
+        cfg = self.config
+        sparse = cfg.sparsity > 0 and cfg.prune_method != "structured"
+        if cfg.simulated or sparse:
+            path = Path(folder) / f"{name}.wbpack"
+            size, fmt = write_model_file(path, self.float_model, quant_bits=self.quant_bits,
+                                         per_channel=cfg.per_channel, sparse=sparse)
+        else:
+            path = Path(folder) / f"{name}.pt"
+            size, fmt = write_model_file(path, self.model)
+        return path, size, fmt
+
     @property
     def description(self) -> str:
         """What actually ran, in a few words, for the UI and the table."""
         cfg, parts = self.config, []
+        if cfg.runtime == "onnxruntime" and not cfg.real_int8:
+            parts.append(f"ONNX Runtime float kernels ({self.kernels})")
         if cfg.bits < 32:
             if cfg.real_int8:
                 parts.append(f"int8 kernels ({self.kernels})")
@@ -111,9 +135,10 @@ def prune_structured_(model: nn.Module, sparsity: float, example: torch.Tensor,
         yield f"pruning channels: {i + 1}/{len(groups)} groups"
 
 
-def optimize_steps(model: nn.Module, config: OptimizationConfig,
-                   calibration: Sequence[torch.Tensor]) -> Iterator[str | OptimizedModel]:
-    """Yields progress strings, then the :class:`OptimizedModel`. ``model`` is not changed."""
+def optimize_steps(model: nn.Module, config: OptimizationConfig, calibration: Sequence[torch.Tensor],
+                   workdir: Path | None = None) -> Iterator[str | OptimizedModel]:
+    """Yields progress strings, then the :class:`OptimizedModel`. ``model`` is not changed.
+    ``workdir`` receives the ONNX files of the onnxruntime runtime."""
     if isinstance(model, torch.jit.ScriptModule) and not config.is_identity:
         raise OptimizeError("TorchScript models can be measured but not optimized; load a state dict instead")
     work = copy.deepcopy(model).eval()
@@ -128,7 +153,9 @@ def optimize_steps(model: nn.Module, config: OptimizationConfig,
             prune_unstructured_(work, config.sparsity, config.prune_method == "unstructured-global", config.exclude)
     if config.bits < 32:
         result.quant_bits = {n: config.bits for n in prunable_layers(work, config.exclude)}
-        if config.real_int8:
+        if config.real_int8 and config.runtime == "onnxruntime":
+            pass  # quantized by ONNX Runtime below
+        elif config.real_int8:
             if not calibration:
                 raise OptimizeError("int8 needs calibration images")
             final = None
@@ -159,7 +186,28 @@ def optimize_steps(model: nn.Module, config: OptimizationConfig,
                 result.model = final
             elif config.quant_scheme == "weights-activations":
                 result.notes.append(f"{config.bits}-bit: weights rounded; activations stay float")
+    if config.runtime == "onnxruntime":
+        yield from _to_onnxruntime(result, calibration, Path(workdir or tempfile.mkdtemp(prefix="workbench-")))
     yield result
+
+
+def _to_onnxruntime(result: OptimizedModel, calibration: Sequence[torch.Tensor], workdir: Path) -> Iterator[str]:
+    from .deploy import OrtModel, export_onnx, quantize_onnx_int8
+
+    if not calibration:
+        raise OptimizeError("exporting to ONNX needs one example image")
+    config = result.config
+    workdir.mkdir(parents=True, exist_ok=True)
+    stem = f"optimized-{abs(hash(config))}"
+    yield "exporting to ONNX"
+    path = export_onnx(result.float_model, calibration[0], workdir / f"{stem}.onnx")
+    result.kernels = "onnxruntime-fp32"
+    if config.real_int8:
+        yield f"quantizing with ONNX Runtime ({len(calibration)} calibration images)"
+        path = quantize_onnx_int8(path, workdir / f"{stem}-int8.onnx", calibration, config.per_channel)
+        result.kernels = "onnxruntime-int8"
+    result.model = OrtModel(path)
+    result.file = path
 
 
 def optimize(model: nn.Module, config: OptimizationConfig,

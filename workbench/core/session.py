@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from .config import OptimizationConfig
-from .measure import count_macs, count_params, measure_latency, write_model_file
+from .measure import count_macs, count_params, measure_latency
 from .models import LoadedModel
 from .optimize import OptimizedModel, optimize_steps
 from .sources import Frame, VideoSource
@@ -103,32 +103,25 @@ class Measured:
     macs: int | None
 
 
-def measure_model(ws: Workspace, model, float_model, config: OptimizationConfig | None,
-                  quant_bits=None, name: str = "model", runs: int = 10) -> tuple[float, int, int, int, int | None]:
+def measure_model(ws: Workspace, model, float_model, file_size: int, runs: int = 10):
     """(latency median ms, file bytes, params, non-zero params, MACs) of one model."""
     x = ws.inputs[0]
     latency = measure_latency(model, x, runs=runs, warmup=2).median
-    sparse = bool(config and config.sparsity and config.prune_method != "structured")
-    packed = bool(config and (config.simulated or sparse))
-    path = ws.out_dir / (f"{name}.wbpack" if packed else f"{name}.pt")
-    size, _ = write_model_file(path, float_model if packed else model,
-                               quant_bits=quant_bits if packed else None, sparse=sparse,
-                               per_channel=config.per_channel if config else True)
     params, nonzero = count_params(float_model)
-    return latency, size, params, nonzero, count_macs(float_model, x) or None
+    return latency, file_size, params, nonzero, count_macs(float_model, x) or None
 
 
 def optimize_and_measure(ws: Workspace, config: OptimizationConfig) -> Iterator[str | Measured]:
     """Optimize the workspace's model for ``config`` and measure it (a generator)."""
     result = None
-    for step in optimize_steps(ws.loaded.model, config, ws.calibration()):
+    for step in optimize_steps(ws.loaded.model, config, ws.calibration(), workdir=ws.out_dir):
         if isinstance(step, str):
             yield step
         else:
             result = step
     yield "measuring latency and file size"
-    figures = measure_model(ws, result.model, result.float_model, config, result.quant_bits,
-                            name=f"optimized-{abs(hash(config))}")
+    _, size, _ = result.write_file(ws.out_dir, f"optimized-{abs(hash(config))}")
+    figures = measure_model(ws, result.model, result.float_model, size)
     yield Measured(result, *figures)
 
 

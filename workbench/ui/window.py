@@ -28,6 +28,7 @@ from PySide6.QtWidgets import (
 
 from ..core.config import BIT_STOPS, OptimizationConfig
 from ..core.live import LiveSession
+from ..core.measure import write_model_file
 from ..core.models import DEFAULT_MODEL, LoadedModel, available_models, load_model
 from ..core.session import (
     EvalProgress,
@@ -49,6 +50,7 @@ OPEN_MODEL = "Open model file…"
 PRUNE_METHODS = [("unstructured, global", "unstructured-global"), ("unstructured, per layer", "unstructured"),
                  ("structured channels", "structured")]
 SCHEMES = [("weights only", "weights"), ("weights + activations", "weights-activations")]
+RUNTIMES = [("runtime: torch", "torch"), ("runtime: ONNX Runtime (as deployed)", "onnxruntime")]
 FOLDER_LIMIT = 500
 
 
@@ -158,14 +160,19 @@ class MainWindow(QMainWindow):
         ql.addWidget(QLabel("bits"), 0, 0)
         ql.addWidget(self.bits_slider, 0, 1)
         ql.addWidget(self.bits_label, 0, 2)
-        ql.addWidget(self.quant_scheme, 1, 0, 1, 3)
+        self.runtime = QComboBox(objectName="runtimeCombo")
+        self.runtime.setAccessibleName("Runtime of the optimized model")
+        for text, value in RUNTIMES:
+            self.runtime.addItem(text, value)
+        ql.addWidget(self.quant_scheme, 1, 0, 1, 2)
+        ql.addWidget(self.runtime, 1, 2)
         for w in (prune, quant):
             w.setMinimumWidth(260)
         controls.addWidget(prune, 1)
         controls.addWidget(quant, 1)
         for s in (self.sparsity_slider, self.bits_slider):
             s.valueChanged.connect(self._on_control_changed)
-        for c in (self.prune_method, self.quant_scheme):
+        for c in (self.prune_method, self.quant_scheme, self.runtime):
             c.currentIndexChanged.connect(self._on_control_changed)
         outer.addLayout(controls)
 
@@ -243,7 +250,8 @@ class MainWindow(QMainWindow):
     def config(self) -> OptimizationConfig:
         return OptimizationConfig(sparsity=self.sparsity_slider.value() / 100,
                                   prune_method=self.prune_method.currentData(),
-                                  bits=self.bits, quant_scheme=self.quant_scheme.currentData())
+                                  bits=self.bits, quant_scheme=self.quant_scheme.currentData(),
+                                  runtime=self.runtime.currentData())
 
     def _on_control_changed(self, *_):
         self.sparsity_label.setText(f"{self.sparsity_slider.value()} %")
@@ -257,6 +265,7 @@ class MainWindow(QMainWindow):
         self.prune_method.setCurrentIndex([v for _, v in PRUNE_METHODS].index(config.prune_method))
         self.bits_slider.setValue(BIT_STOPS.index(config.bits))
         self.quant_scheme.setCurrentIndex([v for _, v in SCHEMES].index(config.quant_scheme))
+        self.runtime.setCurrentIndex([v for _, v in RUNTIMES].index(config.runtime))
         self._debounce.start()
 
     def _on_point_clicked(self, config: OptimizationConfig) -> None:
@@ -337,7 +346,8 @@ class MainWindow(QMainWindow):
 
     @staticmethod
     def _measure_original(ws: Workspace):
-        return measure_model(ws, ws.loaded.model, ws.loaded.model, None, name="original")
+        size, _ = write_model_file(ws.out_dir / "original.pt", ws.loaded.model)
+        return measure_model(ws, ws.loaded.model, ws.loaded.model, size)
 
     def _on_original_measured(self, figures) -> None:
         self.original_figures = figures
@@ -481,7 +491,11 @@ class MainWindow(QMainWindow):
     def _apply_config(self, force: bool = False) -> None:
         if self.ws is None:
             return
-        config = self.config()
+        try:
+            config = self.config()
+        except ValueError as exc:  # e.g. 4-bit activations asked of ONNX Runtime
+            self._show_status(str(exc), error=True)
+            return
         if not force and self.measured and self.measured.optimized.config == config:
             return
         self.runner.cancel("evaluate")
