@@ -129,10 +129,44 @@ def _bench_parser(sub) -> None:
     live.add_argument("--bits", type=int, default=8)
     live.add_argument("--quant-scheme", choices=["weights", "weights-activations"], default=None)
     live.add_argument("--json", action="store_true")
+    speed = bench.add_parser("speed", help="latency table: float, int8, structured, unstructured, ONNX Runtime")
+    speed.add_argument("--models", default=",".join(("efficientnet_lite0", "resnet18", "mobilenet_v3_large")),
+                       help="comma-separated model names (torchvision ones use random weights)")
+    speed.add_argument("--threads", default="1,2", help="comma-separated thread counts")
+    speed.add_argument("--runs", type=int, default=30)
+    speed.add_argument("--json", action="store_true", help="one JSON object with the rows")
+
+
+def run_speed(args) -> int:
+    from .core.bench import speed_rows
+    from .core.models import ModelLoadError
+
+    rows = []
+    try:
+        for row in speed_rows(args.models.split(","), [int(t) for t in args.threads.split(",")], args.runs):
+            rows.append(row)
+            if not args.json:
+                print(f"{row['model']:34} {row['configuration']:28} {row['runtime']:12} {row['threads']}t "
+                      f"{row['latency_ms']['median']:8.2f} ms  x{row['speedup']:.2f}  "
+                      f"MACs {row['macs'] / 1e6:7.1f} M  {row['size_bytes'] / 1e6:6.2f} MB  "
+                      f"realized/theoretical {row['realized_over_theoretical']:.2f}", flush=True)
+    except (ModelLoadError, ValueError) as exc:
+        return _fail(str(exc))
+    if args.json:
+        import os
+        import platform
+
+        print(json.dumps({"machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+                                      "torch": __import__("torch").__version__},
+                          "rows": rows}, indent=1))
+    return 0
 
 
 def run_bench(args) -> int:
     from .core.config import ConfigError, OptimizationConfig
+
+    if args.bench == "speed":
+        return run_speed(args)
 
     scheme = args.quant_scheme or ("weights-activations" if args.bits == 8 else "weights")
     try:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -61,8 +62,12 @@ def quantize_onnx_int8(float_path: Path, out_path: Path, calibration: Sequence[t
         def get_next(self):
             return next(self.items, None)
 
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # its advice to pre-process is printed on every call
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         quantize_static(str(float_path), str(out_path), Reader(), quant_format=QuantFormat.QDQ,
                         per_channel=per_channel, weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8)
+    root.setLevel(level)
     return Path(out_path)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import resource
 import statistics
 import sys
@@ -114,7 +116,6 @@ def _ort_activation_peak(path: Path, shape) -> int | None:
     """Linux: run the ONNX file in a fresh process where glibc maps every allocation over
     64 KiB on its own (so freed memory leaves RSS), and read the rise of the resident
     high-water mark during one run."""
-    import os
     import subprocess
 
     if not sys.platform.startswith("linux"):
@@ -123,6 +124,21 @@ def _ort_activation_peak(path: Path, shape) -> int | None:
     out = subprocess.run([sys.executable, "-c", _ORT_PEAK_SCRIPT, str(path), *map(str, shape)],
                          capture_output=True, text=True, env=env, timeout=120)
     return int(out.stdout.strip()) if out.returncode == 0 and out.stdout.strip().isdigit() else None
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Silence C++ logging on file descriptor 2 (the profiler announces each start and stop)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 def inference_memory(model, example: torch.Tensor) -> dict:
@@ -138,7 +154,7 @@ def inference_memory(model, example: torch.Tensor) -> dict:
     else:
         from torch.profiler import ProfilerActivity, profile
 
-        with torch.inference_mode():
+        with torch.inference_mode(), _quiet_stderr():
             model(example)
             with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
                 model(example)

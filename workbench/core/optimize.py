@@ -210,8 +210,8 @@ def _to_onnxruntime(result: OptimizedModel, calibration: Sequence[torch.Tensor],
     result.file = path
 
 
-def optimize(model: nn.Module, config: OptimizationConfig,
-             calibration: Sequence[torch.Tensor] = ()) -> OptimizedModel:
+def optimize(model: nn.Module, config: OptimizationConfig, calibration: Sequence[torch.Tensor] = (),
+             workdir: Path | None = None) -> OptimizedModel:
     """Prune and/or quantize a copy of ``model``; see :func:`optimize_steps`."""
-    *_, result = optimize_steps(model, config, calibration)
+    *_, result = optimize_steps(model, config, calibration, workdir)
     return result

@@ -1,0 +1,63 @@
+"""The deployment runtime (ONNX / ONNX Runtime) and the speed table."""
+
+import torch
+
+from workbench.core.config import OptimizationConfig
+from workbench.core.deploy import OrtModel, export_onnx
+from workbench.core.measure import inference_memory
+from workbench.core.optimize import optimize
+
+
+def test_exported_onnx_loads_runs_and_matches_torch(tiny, tiny_inputs, tmp_path):
+    path = export_onnx(tiny, tiny_inputs[0], tmp_path / "tiny.onnx")
+    ort_model = OrtModel(path, threads=1)
+    with torch.no_grad():
+        for x in tiny_inputs[:4]:
+            assert torch.allclose(ort_model(x), tiny(x), atol=1e-4)
+
+
+def test_onnxruntime_int8_runs_and_stays_close(tiny, tiny_inputs, tmp_path):
+    result = optimize(tiny, OptimizationConfig(bits=8, runtime="onnxruntime"), tiny_inputs, workdir=tmp_path)
+    assert result.kernels == "onnxruntime-int8" and not result.simulated
+    assert result.file.suffix == ".onnx" and result.write_file(tmp_path)[1] == result.file.stat().st_size
+    with torch.no_grad():
+        ref = torch.cat([tiny(x) for x in tiny_inputs])
+        out = torch.cat([result.model(x) for x in tiny_inputs])
+    assert (ref.argmax(1) == out.argmax(1)).float().mean() >= 0.75
+    assert torch.allclose(ref, out, atol=0.15 * ref.abs().max().item())
+
+
+def test_pruned_model_runs_in_onnxruntime(tiny, tiny_inputs, tmp_path):
+    result = optimize(tiny, OptimizationConfig(sparsity=0.5, prune_method="structured", runtime="onnxruntime"),
+                      tiny_inputs[:2], workdir=tmp_path)
+    assert result.kernels == "onnxruntime-fp32"
+    assert result.model(tiny_inputs[0]).shape == (1, 10)
+
+
+def test_inference_memory_counts_weights_and_activations(tiny, tiny_inputs, tmp_path):
+    torch_mem = inference_memory(tiny, tiny_inputs[0])
+    weights = sum(t.numel() * t.element_size() for t in tiny.state_dict().values())
+    assert torch_mem["weights_bytes"] == weights
+    assert torch_mem["activations_bytes"] >= 16 * 16 * 16 * 4  # at least the stem's output
+    big = inference_memory(tiny, torch.randn(1, 3, 128, 128))
+    assert big["activations_bytes"] > 4 * torch_mem["activations_bytes"]
+
+
+def test_speed_table_has_every_row_and_key():
+    from workbench.core.bench import speed_rows
+
+    rows = list(speed_rows(["efficientnet_lite0"], threads=[1, 2], runs=2))
+    configs = {(r["configuration"], r["runtime"]) for r in rows}
+    assert configs == {("float", "torch"), ("int8", "torch"), ("structured 25% fewer MACs", "torch"),
+                       ("structured 50% fewer MACs", "torch"), ("structured 75% fewer MACs", "torch"),
+                       ("unstructured 50%", "torch"), ("float", "onnxruntime"), ("int8", "onnxruntime")}
+    assert len(rows) == 16 and {r["threads"] for r in rows} == {1, 2}
+    for r in rows:
+        assert {"median", "p90"} <= r["latency_ms"].keys()
+        for key in ("macs", "size_bytes", "peak_memory_bytes", "speedup", "realized_over_theoretical"):
+            assert r[key] is not None, key
+    by = {(r["configuration"], r["threads"]): r for r in rows}
+    base = by[("float", 1)]["macs"]
+    for cut in (25, 50, 75):  # the search lands near its MAC target
+        kept = by[(f"structured {cut}% fewer MACs", 1)]["macs"] / base
+        assert abs(kept - (1 - cut / 100)) < 0.05

@@ -1,0 +1,91 @@
+"""``python -m workbench bench speed``: one row per (model, configuration, runtime, threads)."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import torch
+
+from .config import OptimizationConfig
+from .measure import count_macs, inference_memory, measure_latency, write_model_file
+from .models import load_model
+from .optimize import OptimizedModel, optimize
+from .sources import open_source
+
+SPEED_MODELS = ("efficientnet_lite0", "resnet18", "mobilenet_v3_large")
+MAC_CUTS = (0.25, 0.50, 0.75)
+
+
+def structured_for_mac_cut(model, cut: float, calibration, round_to: int = 8,
+                           steps: int = 4) -> tuple[OptimizedModel, float]:
+    """Structured pruning whose MACs are about ``cut`` below the original's.
+
+    MACs fall roughly as (1 - ratio)^2 when channels go from both sides of a layer, so
+    each step corrects the ratio by that law from the MACs it actually got.
+    Returns the closest result and its fraction of MACs kept."""
+    x = calibration[0]
+    base = count_macs(model, x)
+    target = 1 - cut
+    ratio, tried = 1 - target ** 0.5, []
+    for _ in range(steps):
+        result = optimize(model, OptimizationConfig(sparsity=round(ratio, 4), prune_method="structured",
+                                                    round_to=round_to), calibration[:1])
+        kept = count_macs(result.model, x) / base
+        tried.append((abs(kept - target), kept, result))
+        if abs(kept - target) < 0.01:
+            break
+        ratio = min(0.95, max(0.0, 1 - (1 - ratio) * (target / kept) ** 0.5))
+    _, kept, result = min(tried, key=lambda t: t[0])
+    return result, kept
+
+
+def _configurations(loaded, calibration) -> Iterator[tuple[str, OptimizedModel | None]]:
+    model = loaded.model
+    yield "float", None
+    yield "int8", optimize(model, OptimizationConfig(bits=8), calibration)
+    for cut in MAC_CUTS:
+        result, _ = structured_for_mac_cut(model, cut, calibration)
+        yield f"structured {cut:.0%} fewer MACs", result
+    yield "unstructured 50%", optimize(model, OptimizationConfig(sparsity=0.5), calibration)
+    yield "float", optimize(model, OptimizationConfig(runtime="onnxruntime"), calibration)
+    yield "int8", optimize(model, OptimizationConfig(bits=8, runtime="onnxruntime"), calibration)
+
+
+def speed_rows(models: Sequence[str] = SPEED_MODELS, threads: Sequence[int] = (1, 2), runs: int = 30,
+               calibration_images: int = 8) -> Iterator[dict]:
+    """Rows of the speed table (a generator: one row at a time)."""
+    from .deploy import OrtModel
+
+    out = Path(tempfile.mkdtemp(prefix="workbench-speed-"))
+    frames = list(open_source(None))
+    for name in models:
+        loaded = load_model(name, weights="default" if name.startswith("efficientnet_lite") else "none")
+        calibration = [loaded.preprocess(f.rgb) for f in frames][:calibration_images]
+        x = calibration[0]
+        float_macs = count_macs(loaded.model, x)
+        original_size, _ = write_model_file(out / f"{name}.pt", loaded.model)
+        float_latency: dict[int, float] = {}
+        for label, result in _configurations(loaded, calibration):
+            runtime = result.config.runtime if result else "torch"
+            model = result.model if result else loaded.model
+            macs = count_macs(result.float_model, x) if result else float_macs
+            size = result.write_file(out, f"{name}-{abs(hash(result.config))}")[1] if result else original_size
+            memory = inference_memory(model, x)
+            for t in threads:
+                torch.set_num_threads(t)
+                timed = OrtModel(model.path, threads=t) if runtime == "onnxruntime" else model
+                latency = measure_latency(timed, x, runs=runs)
+                if result is None:
+                    float_latency[t] = latency.median
+                speedup = float_latency[t] / latency.median
+                yield {
+                    "model": loaded.display_name, "configuration": label, "runtime": runtime,
+                    "kernels": result.kernels if result else "fp32", "threads": t,
+                    "latency_ms": {"median": round(latency.median, 3), "p90": round(latency.p90, 3)},
+                    "macs": macs, "size_bytes": size, "peak_memory_bytes": memory["total_bytes"],
+                    "speedup": round(speedup, 3),
+                    "realized_over_theoretical": round(speedup / (float_macs / macs), 3),
+                    "float_fallback": result.float_fallback if result else [],
+                }
