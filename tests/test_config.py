@@ -28,3 +28,12 @@ def test_which_bit_widths_run_real_kernels():
     assert OptimizationConfig(bits=8, quant_scheme="weights").simulated
     assert OptimizationConfig(bits=4).simulated
     assert not OptimizationConfig().simulated and OptimizationConfig().is_identity
+
+
+def test_device_rules():
+    assert not OptimizationConfig(bits=16, device="cuda").simulated  # real fp16 on a GPU
+    assert OptimizationConfig(bits=16).simulated
+    with pytest.raises(ConfigError, match="CPU"):
+        OptimizationConfig(bits=8, device="cuda")
+    with pytest.raises(ConfigError, match="device"):
+        OptimizationConfig(device="tpu")

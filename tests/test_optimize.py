@@ -139,3 +139,15 @@ def test_packed_file_reads_back(tiny, tmp_path):
     assert back.keys() == ref.keys()
     for k in ref:
         np.testing.assert_array_equal(back[k], ref[k])
+
+
+def test_cuda_is_refused_clearly_without_a_gpu(tiny):
+    from workbench.core.optimize import OptimizeError
+
+    if torch.cuda.is_available():
+        result = optimize(tiny, OptimizationConfig(bits=16, device="cuda"))
+        assert result.kernels == "cuda-fp16" and not result.simulated
+        assert result.model(torch.randn(1, 3, 32, 32)).device.type == "cpu"
+    else:
+        with pytest.raises(OptimizeError, match="no CUDA GPU"):
+            optimize(tiny, OptimizationConfig(bits=16, device="cuda"))

@@ -27,6 +27,8 @@ def _compare_parser(sub) -> None:
     p.add_argument("--per-tensor", action="store_true", help="one scale per tensor instead of per channel")
     p.add_argument("--runtime", choices=["torch", "onnxruntime"], default="torch",
                    help="run the optimized model in torch or exported to ONNX Runtime (default: %(default)s)")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                   help="run the optimized model on the GPU (float and 16-bit; default: %(default)s)")
     p.add_argument("--round-to", type=int, default=1,
                    help="structured pruning keeps channel counts a multiple of this (e.g. 8)")
     p.add_argument("--exclude", action="append", default=[], help="layer name to leave alone (repeatable)")
@@ -95,7 +97,8 @@ def run_compare(args) -> int:
     try:
         config = OptimizationConfig(sparsity=args.sparsity, prune_method=args.prune_method, bits=args.bits,
                                     quant_scheme=scheme, per_channel=not args.per_tensor,
-                                    exclude=tuple(args.exclude), runtime=args.runtime, round_to=args.round_to)
+                                    exclude=tuple(args.exclude), runtime=args.runtime, round_to=args.round_to,
+                                    device=args.device)
         source = open_source(args.images, args.limit)
         loaded = load_model(args.model, weights=args.weights, trust=args.trust, arch=args.arch)
     except (ConfigError, SourceError, ModelLoadError) as exc:

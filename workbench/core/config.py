@@ -8,6 +8,7 @@ PRUNE_METHODS = ("unstructured", "unstructured-global", "structured")
 QUANT_SCHEMES = ("weights", "weights-activations")
 BIT_STOPS = (2, 3, 4, 5, 6, 7, 8, 16, 32)
 RUNTIMES = ("torch", "onnxruntime")
+DEVICES = ("cpu", "cuda")
 CONFIG_VERSION = 1
 
 
@@ -27,6 +28,7 @@ class OptimizationConfig:
     exclude: layer names that are neither pruned nor quantized.
     round_to: structured pruning keeps channel counts a multiple of this (1 = any).
     runtime: "torch" (eager / FX int8) or "onnxruntime" (exported to ONNX, as deployed).
+    device: where the optimized model runs: "cpu", or "cuda" (float and 16-bit only).
     """
 
     sparsity: float = 0.0
@@ -37,6 +39,7 @@ class OptimizationConfig:
     exclude: tuple[str, ...] = field(default_factory=tuple)
     round_to: int = 1
     runtime: str = "torch"
+    device: str = "cpu"
 
     def __post_init__(self):
         if not isinstance(self.sparsity, (int, float)) or not 0.0 <= self.sparsity <= 0.95:
@@ -54,12 +57,16 @@ class OptimizationConfig:
         if self.runtime == "onnxruntime" and self.simulated and self.quant_scheme == "weights-activations" \
                 and self.bits < 8:
             raise ConfigError(f"ONNX Runtime has no {self.bits}-bit activations; use the torch runtime")
+        if self.device not in DEVICES:
+            raise ConfigError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        if self.device == "cuda" and (self.real_int8 or self.runtime != "torch"):
+            raise ConfigError("int8 kernels and ONNX Runtime run on the CPU here; use device cpu")
         object.__setattr__(self, "sparsity", float(self.sparsity))
         object.__setattr__(self, "exclude", tuple(self.exclude))
 
     @property
     def is_identity(self) -> bool:
-        return self.sparsity == 0 and self.bits == 32 and self.runtime == "torch"
+        return self.sparsity == 0 and self.bits == 32 and self.runtime == "torch" and self.device == "cpu"
 
     @property
     def real_int8(self) -> bool:
@@ -68,7 +75,8 @@ class OptimizationConfig:
 
     @property
     def simulated(self) -> bool:
-        return self.bits < 32 and not self.real_int8
+        real_fp16 = self.bits == 16 and self.device == "cuda"
+        return self.bits < 32 and not self.real_int8 and not real_fp16
 
     def with_(self, **changes) -> OptimizationConfig:
         return replace(self, **changes)
@@ -82,6 +90,8 @@ class OptimizationConfig:
             parts.append(f"{self.bits}-bit {scheme}")
         if self.runtime != "torch":
             parts.append(self.runtime)
+        if self.device != "cpu":
+            parts.append(self.device)
         return ", ".join(parts) or "original"
 
     def to_dict(self) -> dict:

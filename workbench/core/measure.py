@@ -28,10 +28,11 @@ class Latency:
     p90: float
     runs: int
     threads: int
+    device: str = "cpu"
 
     def to_dict(self) -> dict:
         return {"median": round(self.median, 3), "p90": round(self.p90, 3), "runs": self.runs,
-                "threads": self.threads}
+                "threads": self.threads, "device": self.device}
 
 
 def measure_latency(model: nn.Module, example: torch.Tensor, runs: int = 30, warmup: int = 5) -> Latency:
@@ -46,7 +47,8 @@ def measure_latency(model: nn.Module, example: torch.Tensor, runs: int = 30, war
             times.append((time.perf_counter() - start) * 1000)
     times.sort()
     p90 = times[min(len(times) - 1, int(round(0.9 * (len(times) - 1))))]
-    return Latency(statistics.median(times), p90, runs, torch.get_num_threads())
+    return Latency(statistics.median(times), p90, runs, torch.get_num_threads(),
+                   getattr(model, "device_name", "cpu"))
 
 
 def count_params(model: nn.Module) -> tuple[int, int]:
@@ -151,6 +153,16 @@ def inference_memory(model, example: torch.Tensor) -> dict:
         activations = _ort_activation_peak(model.path, example.shape)
         weights = model.path.stat().st_size
         method = "rss-high-water"
+    elif str(getattr(model, "device_name", "cpu")).startswith("cuda"):
+        with torch.inference_mode():
+            model(example)
+            torch.cuda.synchronize()
+            base = torch.cuda.memory_allocated()
+            torch.cuda.reset_peak_memory_stats()
+            model(example)
+            activations = torch.cuda.max_memory_allocated() - base
+        weights = sum(_tensor_bytes(v) for v in model.state_dict().values())
+        method = "cuda-allocator"
     else:
         from torch.profiler import ProfilerActivity, profile
 

@@ -76,11 +76,15 @@ class OptimizedModel:
     def description(self) -> str:
         """What actually ran, in a few words, for the UI and the table."""
         cfg, parts = self.config, []
+        if cfg.device == "cuda":
+            parts.append(f"GPU ({self.kernels})")
         if cfg.runtime == "onnxruntime" and not cfg.real_int8:
             parts.append(f"ONNX Runtime float kernels ({self.kernels})")
         if cfg.bits < 32:
             if cfg.real_int8:
                 parts.append(f"int8 kernels ({self.kernels})")
+            elif not cfg.simulated:
+                parts.append(f"{cfg.bits}-bit kernels")
             else:
                 what = "weights" if cfg.quant_scheme == "weights" else "weights+activations"
                 parts.append(f"{cfg.bits}-bit {what} simulated (float kernels)")
@@ -188,7 +192,29 @@ def optimize_steps(model: nn.Module, config: OptimizationConfig, calibration: Se
                 result.notes.append(f"{config.bits}-bit: weights rounded; activations stay float")
     if config.runtime == "onnxruntime":
         yield from _to_onnxruntime(result, calibration, Path(workdir or tempfile.mkdtemp(prefix="workbench-")))
+    if config.device == "cuda":
+        if not torch.cuda.is_available():
+            raise OptimizeError("no CUDA GPU is available to this process; use device cpu")
+        half = config.bits == 16
+        result.model = CudaModel(result.model, half)
+        result.kernels = f"cuda-{'fp16' if half else 'fp32'}"
     yield result
+
+
+class CudaModel(nn.Module):
+    """A copy of the model on the GPU (float32, or real float16): takes and returns CPU tensors,
+    so latency includes the transfers a user's pipeline would have."""
+
+    device_name = "cuda"
+
+    def __init__(self, model: nn.Module, half: bool = False):
+        super().__init__()
+        self.dtype = torch.float16 if half else torch.float32
+        self.inner = copy.deepcopy(model).to("cuda", self.dtype).eval()
+        self.device_name = f"cuda ({torch.cuda.get_device_name()})"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x.to("cuda", self.dtype, non_blocking=True)).float().cpu()
 
 
 def _to_onnxruntime(result: OptimizedModel, calibration: Sequence[torch.Tensor], workdir: Path) -> Iterator[str]:

@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 import psutil
+import torch
 from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtWidgets import (
     QCheckBox,
@@ -164,15 +165,22 @@ class MainWindow(QMainWindow):
         self.runtime.setAccessibleName("Runtime of the optimized model")
         for text, value in RUNTIMES:
             self.runtime.addItem(text, value)
+        self.device = QComboBox(objectName="deviceCombo")
+        self.device.setAccessibleName("Device of the optimized model")
+        self.device.addItem("CPU", "cpu")
+        if torch.cuda.is_available():  # float and 16-bit models can run on the GPU
+            self.device.addItem(f"GPU: {torch.cuda.get_device_name()}", "cuda")
+        self.device.setVisible(self.device.count() > 1)
         ql.addWidget(self.quant_scheme, 1, 0, 1, 2)
         ql.addWidget(self.runtime, 1, 2)
+        ql.addWidget(self.device, 2, 0, 1, 3)
         for w in (prune, quant):
             w.setMinimumWidth(260)
         controls.addWidget(prune, 1)
         controls.addWidget(quant, 1)
         for s in (self.sparsity_slider, self.bits_slider):
             s.valueChanged.connect(self._on_control_changed)
-        for c in (self.prune_method, self.quant_scheme, self.runtime):
+        for c in (self.prune_method, self.quant_scheme, self.runtime, self.device):
             c.currentIndexChanged.connect(self._on_control_changed)
         outer.addLayout(controls)
 
@@ -251,7 +259,7 @@ class MainWindow(QMainWindow):
         return OptimizationConfig(sparsity=self.sparsity_slider.value() / 100,
                                   prune_method=self.prune_method.currentData(),
                                   bits=self.bits, quant_scheme=self.quant_scheme.currentData(),
-                                  runtime=self.runtime.currentData())
+                                  runtime=self.runtime.currentData(), device=self.device.currentData())
 
     def _on_control_changed(self, *_):
         self.sparsity_label.setText(f"{self.sparsity_slider.value()} %")
@@ -266,6 +274,7 @@ class MainWindow(QMainWindow):
         self.bits_slider.setValue(BIT_STOPS.index(config.bits))
         self.quant_scheme.setCurrentIndex([v for _, v in SCHEMES].index(config.quant_scheme))
         self.runtime.setCurrentIndex([v for _, v in RUNTIMES].index(config.runtime))
+        self.device.setCurrentIndex(max(0, self.device.findData(config.device)))
         self._debounce.start()
 
     def _on_point_clicked(self, config: OptimizationConfig) -> None:
