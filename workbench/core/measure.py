@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .locks import running
 from .quantize import QUANT_LAYERS, fake_quantize_weight
 
 PACKED_FORMAT = "workbench-packed-v1"
@@ -38,7 +39,7 @@ class Latency:
 def measure_latency(model: nn.Module, example: torch.Tensor, runs: int = 30, warmup: int = 5) -> Latency:
     """Batch-1 latency in ms: ``warmup`` untimed runs, then the median and p90 of ``runs``."""
     times = []
-    with torch.inference_mode():
+    with torch.inference_mode(), running():
         for _ in range(warmup):
             model(example)
         for _ in range(runs):
@@ -75,7 +76,7 @@ def count_macs(model: nn.Module, example: torch.Tensor) -> int:
 
     handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, QUANT_LAYERS)]
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), running():
             model(example)
     finally:
         for h in handles:
@@ -166,7 +167,7 @@ def inference_memory(model, example: torch.Tensor) -> dict:
     else:
         from torch.profiler import ProfilerActivity, profile
 
-        with torch.inference_mode(), _quiet_stderr():
+        with torch.inference_mode(), running(), _quiet_stderr():
             model(example)
             with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
                 model(example)
@@ -301,5 +302,5 @@ def mean_kl(reference: Predictions, other: Predictions) -> float:
 
 
 def predict(model: nn.Module, inputs: Sequence[torch.Tensor]) -> Predictions:
-    with torch.inference_mode():
+    with torch.inference_mode(), running():
         return Predictions(torch.cat([torch.softmax(model(x).float(), 1) for x in inputs]))

@@ -9,6 +9,8 @@ from collections.abc import Iterable, Iterator
 import torch
 from torch import nn
 
+from .locks import tracing
+
 QUANT_LAYERS = (nn.Conv2d, nn.Linear)
 
 
@@ -152,7 +154,8 @@ def quantize_int8(model: nn.Module, calibration: Iterable[torch.Tensor], per_cha
     backend = _backend_config()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        prepared = prepare_fx(work, mapping, (calibration[0],), backend_config=backend)
+        with tracing():
+            prepared = prepare_fx(work, mapping, (calibration[0],), backend_config=backend)
         _keep_relu6_clamp_on_outputs_only_(prepared, observer)
         with torch.no_grad():
             for i, x in enumerate(calibration):
@@ -225,7 +228,8 @@ def simulate_activation_quant(model: nn.Module, bits: int, calibration: list[tor
     mapping = QConfigMapping().set_global(QConfig(activation=act, weight=weight))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        prepared = prepare_fx(copy.deepcopy(model).eval(), mapping, (calibration[0],))
+        with tracing():
+            prepared = prepare_fx(copy.deepcopy(model).eval(), mapping, (calibration[0],))
     prepared.apply(torch.ao.quantization.disable_fake_quant)
     with torch.no_grad():
         for i, x in enumerate(calibration):

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from .config import OptimizationConfig
+from .locks import running
 from .measure import count_macs, count_params, measure_latency
 from .models import LoadedModel
 from .optimize import OptimizedModel, optimize_steps
@@ -31,7 +32,7 @@ class Prediction:
 
 
 def predict_one(model: torch.nn.Module, x: torch.Tensor) -> Prediction:
-    with torch.inference_mode():
+    with torch.inference_mode(), running():
         start = time.perf_counter()
         logits = model(x)
         ms = (time.perf_counter() - start) * 1000
