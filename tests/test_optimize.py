@@ -123,7 +123,7 @@ def test_packed_files_shrink_with_bits_and_round_trip(tiny, tmp_path):
 
 
 def test_sparse_encoding_makes_pruned_files_smaller(tiny, tmp_path):
-    result = optimize(tiny, OptimizationConfig(sparsity=0.8))
+    result = optimize(tiny, OptimizationConfig(sparsity=0.8, prune_method="unstructured"))
     sparse, _ = write_model_file(tmp_path / "s.wbpack", result.float_model, sparse=True)
     dense, _ = write_model_file(tmp_path / "d.wbpack", tiny, sparse=True)
     assert sparse < 0.5 * dense

@@ -18,9 +18,13 @@ def _compare_parser(sub) -> None:
     p.add_argument("--images", default=None, help="folder, image, video or camera index (default: sample photos)")
     p.add_argument("--limit", type=int, default=None, help="use at most N images")
     p.add_argument("--sparsity", type=float, default=0.0, help="0 to 0.95")
-    p.add_argument("--prune-method", default="unstructured-global",
-                   choices=["unstructured", "unstructured-global", "structured"],
-                   help="unstructured = per layer; default: %(default)s (per-layer pruning strips small layers bare)")
+    p.add_argument("--prune-method", default="unstructured-obs",
+                   choices=["unstructured-obs", "unstructured", "unstructured-global", "structured"],
+                   help="unstructured-obs: SparseGPT reconstruction (default); unstructured: magnitude per layer; "
+                        "unstructured-global: one magnitude threshold; structured: channels")
+    p.add_argument("--naive", action="store_true",
+                   help="none of the accuracy-keeping methods (BatchNorm re-estimation, bias correction, "
+                        "MSE clipping, sensitivity allocation, reconstruction)")
     p.add_argument("--bits", type=int, default=32, help="32 (off), 16, 8 .. 2")
     p.add_argument("--quant-scheme", choices=["weights", "weights-activations"], default=None,
                    help="default: weights-activations at 8 bits (real int8), weights below")
@@ -99,6 +103,8 @@ def run_compare(args) -> int:
                                     quant_scheme=scheme, per_channel=not args.per_tensor,
                                     exclude=tuple(args.exclude), runtime=args.runtime, round_to=args.round_to,
                                     device=args.device)
+        if args.naive:
+            config = config.naive()
         source = open_source(args.images, args.limit)
         loaded = load_model(args.model, weights=args.weights, trust=args.trust, arch=args.arch)
     except (ConfigError, SourceError, ModelLoadError) as exc:
@@ -127,11 +133,17 @@ def _bench_parser(sub) -> None:
                       help="video standing in for a camera (default: a generated 640x480 30 FPS clip)")
     live.add_argument("--seconds", type=float, default=20.0)
     live.add_argument("--sparsity", type=float, default=0.0)
-    live.add_argument("--prune-method", default="unstructured-global",
-                      choices=["unstructured", "unstructured-global", "structured"])
+    live.add_argument("--prune-method", default="unstructured-obs",
+                      choices=["unstructured-obs", "unstructured", "unstructured-global", "structured"])
     live.add_argument("--bits", type=int, default=8)
     live.add_argument("--quant-scheme", choices=["weights", "weights-activations"], default=None)
     live.add_argument("--json", action="store_true")
+    acc = bench.add_parser("accuracy", help="top-1 of each configuration without and with the accuracy methods")
+    acc.add_argument("--images", required=True, help="a labelled image folder (e.g. the shared ImageNet sample)")
+    acc.add_argument("--limit", type=int, default=None)
+    acc.add_argument("--recover-seconds", type=float, default=0.0,
+                     help="also distil the structured model for this long (on half the images, tested on the rest)")
+    acc.add_argument("--json", action="store_true")
     speed = bench.add_parser("speed", help="latency table: float, int8, structured, unstructured, ONNX Runtime")
     speed.add_argument("--models", default=",".join(("efficientnet_lite0", "resnet18", "mobilenet_v3_large")),
                        help="comma-separated model names (torchvision ones use random weights)")
@@ -165,11 +177,33 @@ def run_speed(args) -> int:
     return 0
 
 
+def run_accuracy(args) -> int:
+    from .core.bench import accuracy_rows
+    from .core.sources import SourceError
+
+    rows = []
+    try:
+        for row in accuracy_rows(args.images, args.limit, args.recover_seconds):
+            rows.append(row)
+            if not args.json:
+                top1 = "-" if row["top1"] is None else f"{row['top1']:.3f}"
+                print(f"{row['configuration']:46} {row['variant']:20} top-1 {top1}  agreement {row['agreement']:.3f}  "
+                      f"{row['size_bytes'] / 1e6:6.2f} MB  {row['latency_ms']:6.1f} ms  {', '.join(row['methods'])}",
+                      flush=True)
+    except SourceError as exc:
+        return _fail(str(exc))
+    if args.json:
+        print(json.dumps({"rows": rows}, indent=1))
+    return 0
+
+
 def run_bench(args) -> int:
     from .core.config import ConfigError, OptimizationConfig
 
     if args.bench == "speed":
         return run_speed(args)
+    if args.bench == "accuracy":
+        return run_accuracy(args)
 
     scheme = args.quant_scheme or ("weights-activations" if args.bits == 8 else "weights")
     try:

@@ -19,7 +19,7 @@ MAC_CUTS = (0.25, 0.50, 0.75)
 
 
 def structured_for_mac_cut(model, cut: float, calibration, round_to: int = 8,
-                           steps: int = 4) -> tuple[OptimizedModel, float]:
+                           steps: int = 4, **config) -> tuple[OptimizedModel, float]:
     """Structured pruning whose MACs are about ``cut`` below the original's.
 
     MACs fall roughly as (1 - ratio)^2 when channels go from both sides of a layer, so
@@ -30,8 +30,8 @@ def structured_for_mac_cut(model, cut: float, calibration, round_to: int = 8,
     target = 1 - cut
     ratio, tried = 1 - target ** 0.5, []
     for _ in range(steps):
-        result = optimize(model, OptimizationConfig(sparsity=round(ratio, 4), prune_method="structured",
-                                                    round_to=round_to), calibration[:1])
+        cfg = OptimizationConfig(sparsity=round(ratio, 4), prune_method="structured", round_to=round_to, **config)
+        result = optimize(model, cfg, calibration)
         kept = count_macs(result.model, x) / base
         tried.append((abs(kept - target), kept, result))
         if abs(kept - target) < 0.01:
@@ -46,7 +46,7 @@ def _configurations(loaded, calibration) -> Iterator[tuple[str, OptimizedModel |
     yield "float", None
     yield "int8", optimize(model, OptimizationConfig(bits=8), calibration)
     for cut in MAC_CUTS:
-        result, _ = structured_for_mac_cut(model, cut, calibration)
+        result, _ = structured_for_mac_cut(model, cut, calibration[:1])
         yield f"structured {cut:.0%} fewer MACs", result
     yield "unstructured 50%", optimize(model, OptimizationConfig(sparsity=0.5), calibration)
     yield "float", optimize(model, OptimizationConfig(runtime="onnxruntime"), calibration)
@@ -89,3 +89,60 @@ def speed_rows(models: Sequence[str] = SPEED_MODELS, threads: Sequence[int] = (1
                     "realized_over_theoretical": round(speedup / (float_macs / macs), 3),
                     "float_fallback": result.float_fallback if result else [],
                 }
+
+
+def accuracy_rows(images: str, limit: int | None = None, recover_seconds: float = 0.0,
+                  latency_runs: int = 20) -> Iterator[dict]:
+    """The accuracy table of the default model: each configuration without and with the
+    accuracy-keeping methods (a generator: one row at a time)."""
+    from .compare import compare
+
+    loaded = load_model("efficientnet_lite0")
+    source = open_source(images, limit)
+    frames = list(source)
+    calibration = [loaded.preprocess(f.rgb) for f in frames[:32]]
+    structured, _ = structured_for_mac_cut(loaded.model, 0.30, calibration, round_to=1)
+    targets = [
+        ("float", OptimizationConfig()),
+        ("int8 weights+activations (real int8)", OptimizationConfig(bits=8)),
+        ("4-bit weights", OptimizationConfig(bits=4, quant_scheme="weights")),
+        ("50% unstructured", OptimizationConfig(sparsity=0.5)),
+        ("structured, 30% fewer MACs", structured.config),
+    ]
+    for label, config in targets:
+        variants = [("best", config)]
+        if config.naive() != config and not config.is_identity:
+            variants.insert(0, ("naive", config.naive()))
+        for methods, cfg in variants:
+            report = compare(loaded, open_source(images, limit), cfg, latency_runs=latency_runs)
+            yield _accuracy_row(label, methods, report)
+    if recover_seconds:
+        yield from _recovery_rows(loaded, frames, structured.config, recover_seconds, latency_runs)
+
+
+def _accuracy_row(label: str, methods: str, report: dict, recovered: float = 0.0) -> dict:
+    o, q = report["original"], report["optimized"]
+    return {"configuration": label, "variant": methods, "methods": q.get("methods", []),
+            "recovery_seconds": recovered, "images": report["images"], "float_top1": o["top1"],
+            "top1": q["top1"], "top1_drop_points": None if q["top1"] is None else round(100 * (o["top1"] - q["top1"]), 2),
+            "agreement": q["agreement"], "size_bytes": q["size_bytes"], "macs": q["macs"],
+            "latency_ms": q["latency_ms"]["median"], "kernels": q["kernels"], "simulated": q["simulated"],
+            "config": report["config"]}
+
+
+def _recovery_rows(loaded, frames, config: OptimizationConfig, seconds: float, latency_runs: int) -> Iterator[dict]:
+    """Distil the pruned model on the first half of the images, evaluate on the second half
+    (no image is both taught and tested)."""
+    from .compare import compare_on_inputs
+    from .recover import distill_steps
+
+    half = len(frames) // 2
+    teach = [loaded.preprocess(f.rgb) for f in frames[:half]]
+    test = frames[half:]
+    result = optimize(loaded.model, config, teach[:32])
+    before = compare_on_inputs(loaded, result, test, latency_runs)
+    yield _accuracy_row("structured, 30% fewer MACs (held-out half)", "best", before)
+    for _ in distill_steps(result.model, loaded.model, teach, seconds=seconds):
+        pass
+    after = compare_on_inputs(loaded, result, test, latency_runs)
+    yield _accuracy_row("structured, 30% fewer MACs (held-out half)", "best + distillation", after, seconds)

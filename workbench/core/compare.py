@@ -94,20 +94,34 @@ def compare_steps(loaded: LoadedModel, source, config: OptimizationConfig, *, li
         else:
             opt = step
     yield f"evaluating {len(batch.inputs)} images"
+    yield report_for(loaded, opt, batch, out, latency_runs, source.name)
+
+
+def report_for(loaded: LoadedModel, opt: OptimizedModel, batch: Batch, out: Path, latency_runs: int = 30,
+               source_name: str = "") -> dict:
+    """The comparison report of an optimized model against its original on ``batch``."""
+    config = opt.config
     ref = predict(loaded.model, batch.inputs)
     new = predict(opt.model, batch.inputs)
-    yield "measuring latency and size"
     original_file = out / "original.pt"
     original = model_report(loaded.model, loaded.model, batch, ref,
                             (original_file, *write_model_file(original_file, loaded.model)), latency_runs)
     optimized = model_report(opt.model, opt.float_model, batch, new, opt.write_file(out), latency_runs)
     optimized.update({"agreement": agreement(ref, new), "kl": mean_kl(ref, new), "kernels": opt.kernels,
                       "simulated": opt.simulated, "description": opt.description,
-                      "float_fallback": opt.float_fallback, "notes": opt.notes})
-    yield {"model": loaded.display_name, "random_weights": loaded.random_weights,
-           "source": source.name, "config": config.to_dict(), "images": len(batch.inputs),
-           "labelled": batch.labelled, "skipped": batch.skipped, "threads": torch.get_num_threads(),
-           "original": original, "optimized": optimized}
+                      "float_fallback": opt.float_fallback, "notes": opt.notes, "methods": opt.methods,
+                      "allocation": opt.allocation})
+    return {"model": loaded.display_name, "random_weights": loaded.random_weights,
+            "source": source_name, "config": config.to_dict(), "images": len(batch.inputs),
+            "labelled": batch.labelled, "skipped": batch.skipped, "threads": torch.get_num_threads(),
+            "original": original, "optimized": optimized}
+
+
+def compare_on_inputs(loaded: LoadedModel, opt: OptimizedModel, frames, latency_runs: int = 30) -> dict:
+    """:func:`report_for` on frames already read (e.g. a held-out part of a folder)."""
+    batch = Batch([loaded.preprocess(f.rgb) for f in frames], [f.label for f in frames],
+                  [f.origin for f in frames])
+    return report_for(loaded, opt, batch, Path(tempfile.mkdtemp(prefix="workbench-")), latency_runs)
 
 
 def compare(loaded: LoadedModel, source, config: OptimizationConfig, **kwargs) -> dict:

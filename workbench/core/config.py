@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
 
-PRUNE_METHODS = ("unstructured", "unstructured-global", "structured")
+PRUNE_METHODS = ("unstructured-obs", "unstructured", "unstructured-global", "structured")
 QUANT_SCHEMES = ("weights", "weights-activations")
 BIT_STOPS = (2, 3, 4, 5, 6, 7, 8, 16, 32)
 RUNTIMES = ("torch", "onnxruntime")
 DEVICES = ("cpu", "cuda")
+ROUNDINGS = ("nearest", "mse")
+ALLOCATIONS = ("uniform", "sensitivity")
 CONFIG_VERSION = 1
 
 
@@ -21,7 +23,10 @@ class OptimizationConfig:
     """Pruning and quantization settings. Frozen: build a new one to change it.
 
     sparsity: share of weights (unstructured) or channels (structured) removed, 0 to 0.95.
-    prune_method: "unstructured" (per layer), "unstructured-global", "structured" (channels).
+    prune_method: "unstructured-obs" (1x1 convolutions and linear layers pruned at one rate
+        with SparseGPT's Optimal-Brain-Surgeon reconstruction; depthwise and first convolution
+        kept), "unstructured" (magnitude, per layer), "unstructured-global" (magnitude, one
+        threshold, or a sensitivity allocation), "structured" (channels).
     bits: 32 (off), 16, or 8 down to 2.
     quant_scheme: "weights" or "weights-activations".
     per_channel: one scale per output channel (else per tensor).
@@ -29,10 +34,18 @@ class OptimizationConfig:
     round_to: structured pruning keeps channel counts a multiple of this (1 = any).
     runtime: "torch" (eager / FX int8) or "onnxruntime" (exported to ONNX, as deployed).
     device: where the optimized model runs: "cpu", or "cuda" (float and 16-bit only).
+    bn_recalibration: re-estimate BatchNorm statistics after pruning.
+    bias_correction: remove the mean output shift caused by rounding weights.
+    rounding: "nearest" (max-abs scale) or "mse" (per-channel clipping that minimises error).
+    allocation: "sensitivity": a global sparsity target ("unstructured-global") and a bit
+        width below 8 are distributed over the layers by measured sensitivity (the same
+        number of zeros, the same mean bits); "uniform": global magnitude threshold, one bit
+        width for every layer. Per-layer pruning ("unstructured") is always uniform.
+    layer_bits: per-layer bit widths that override everything else, as (name, bits) pairs.
     """
 
     sparsity: float = 0.0
-    prune_method: str = "unstructured-global"
+    prune_method: str = "unstructured-obs"
     bits: int = 32
     quant_scheme: str = "weights-activations"
     per_channel: bool = True
@@ -40,6 +53,11 @@ class OptimizationConfig:
     round_to: int = 1
     runtime: str = "torch"
     device: str = "cpu"
+    bn_recalibration: bool = True
+    bias_correction: bool = True
+    rounding: str = "mse"
+    allocation: str = "sensitivity"
+    layer_bits: tuple[tuple[str, int], ...] = field(default_factory=tuple)
 
     def __post_init__(self):
         if not isinstance(self.sparsity, (int, float)) or not 0.0 <= self.sparsity <= 0.95:
@@ -61,6 +79,15 @@ class OptimizationConfig:
             raise ConfigError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
         if self.device == "cuda" and (self.real_int8 or self.runtime != "torch"):
             raise ConfigError("int8 kernels and ONNX Runtime run on the CPU here; use device cpu")
+        if self.rounding not in ROUNDINGS:
+            raise ConfigError(f"rounding must be one of {', '.join(ROUNDINGS)}, got {self.rounding!r}")
+        if self.allocation not in ALLOCATIONS:
+            raise ConfigError(f"allocation must be one of {', '.join(ALLOCATIONS)}, got {self.allocation!r}")
+        layer_bits = tuple((str(n), int(b)) for n, b in self.layer_bits)
+        for name, bits in layer_bits:
+            if bits not in BIT_STOPS:
+                raise ConfigError(f"layer {name}: bits must be one of {', '.join(map(str, BIT_STOPS))}")
+        object.__setattr__(self, "layer_bits", layer_bits)
         object.__setattr__(self, "sparsity", float(self.sparsity))
         object.__setattr__(self, "exclude", tuple(self.exclude))
 
@@ -81,6 +108,12 @@ class OptimizationConfig:
     def with_(self, **changes) -> OptimizationConfig:
         return replace(self, **changes)
 
+    def naive(self) -> OptimizationConfig:
+        """The same target with none of the accuracy-keeping methods (for comparisons)."""
+        method = "unstructured-global" if self.prune_method == "unstructured-obs" else self.prune_method
+        return replace(self, prune_method=method, bn_recalibration=False, bias_correction=False,
+                       rounding="nearest", allocation="uniform")
+
     def label(self) -> str:
         parts = []
         if self.sparsity:
@@ -97,6 +130,7 @@ class OptimizationConfig:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["exclude"] = list(self.exclude)
+        d["layer_bits"] = [list(p) for p in self.layer_bits]
         d["version"] = CONFIG_VERSION
         return d
 

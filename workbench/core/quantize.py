@@ -182,27 +182,31 @@ def fake_quantize_weight(w: torch.Tensor, bits: int, per_channel: bool = True) -
         scale = (absmax / qmax).clamp(min=1e-12).reshape(-1, *([1] * (w.dim() - 1)))
     else:
         scale = (w.detach().abs().max() / qmax).clamp(min=1e-12).reshape(1)
-    codes = torch.clamp(torch.round(w / scale), -qmax - 1, qmax)
+    codes = torch.clamp(torch.round(w / scale), -qmax, qmax)  # symmetric, as TFLite
     return codes, scale
 
 
-def simulate_weight_quant_(model: nn.Module, bits: int, per_channel: bool = True,
-                           exclude: Iterable[str] = ()) -> dict[str, int]:
-    """Round the weights of every conv/linear layer to ``bits`` in place (quantize-dequantize).
+def simulate_weight_quant_(model: nn.Module, layer_bits: dict[str, int], per_channel: bool = True,
+                           rounding: str = "nearest") -> None:
+    """Round the weights of the layers in ``layer_bits`` to their bit width, in place
+    (quantize-dequantize; the layers still run float kernels). ``rounding="mse"`` picks
+    each channel's clipping range to minimise the rounding error (see recover.mse_clip_scale)."""
+    from .recover import mse_clip_scale
 
-    The layers still run float kernels.  Returns {layer name: bits}."""
-    skip = set(exclude)
-    done = {}
+    modules = dict(model.named_modules())
     with torch.no_grad():
-        for name, module in model.named_modules():
-            if isinstance(module, QUANT_LAYERS) and name not in skip:
-                if bits == 16:
-                    module.weight.copy_(module.weight.half().float())
-                else:
-                    codes, scale = fake_quantize_weight(module.weight, bits, per_channel)
-                    module.weight.copy_(codes * scale)
-                done[name] = bits
-    return done
+        for name, bits in layer_bits.items():
+            w = modules[name].weight
+            if bits >= 16:
+                w.copy_(w.half().float() if bits == 16 else w)
+                continue
+            if rounding == "mse" and per_channel and bits < 8:
+                scale = mse_clip_scale(w, bits)
+                qmax = 2 ** (bits - 1) - 1
+                w.copy_(torch.clamp(torch.round(w / scale), -qmax, qmax) * scale)
+            else:
+                codes, scale = fake_quantize_weight(w, bits, per_channel)
+                w.copy_(codes * scale)
 
 
 def simulate_activation_quant(model: nn.Module, bits: int, calibration: list[torch.Tensor],

@@ -47,9 +47,10 @@ from .runner import Runner
 
 MODEL_SUFFIXES = {".pt", ".pth", ".ts", ".ckpt", ".bin"}
 OPEN_MODEL = "Open model file…"
-# global first: per-layer magnitude pruning strips small layers (the stem, depthwise 3x3) bare
-PRUNE_METHODS = [("unstructured, global", "unstructured-global"), ("unstructured, per layer", "unstructured"),
-                 ("structured channels", "structured")]
+# reconstruction first: per-layer magnitude pruning strips small layers (the stem, depthwise 3x3) bare
+PRUNE_METHODS = [("unstructured, reconstructed (SparseGPT)", "unstructured-obs"),
+                 ("unstructured, global magnitude", "unstructured-global"),
+                 ("unstructured, per layer", "unstructured"), ("structured channels", "structured")]
 SCHEMES = [("weights only", "weights"), ("weights + activations", "weights-activations")]
 RUNTIMES = [("runtime: torch", "torch"), ("runtime: ONNX Runtime (as deployed)", "onnxruntime")]
 FOLDER_LIMIT = 500

@@ -1,0 +1,119 @@
+"""The accuracy-keeping methods, each on a tiny model: does it change what it should, and only that."""
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from workbench.core.config import OptimizationConfig
+from workbench.core.optimize import optimize, prune_per_layer_
+from workbench.core.quantize import fake_quantize_weight
+from workbench.core.recover import (bias_correct_, distill_steps, input_means, layer_hessians, mse_clip_scale,
+                                    recalibrate_bn_, sparsegpt_)
+from workbench.core.sensitivity import allocate_bits, allocate_sparsity, sensitivity_steps
+
+
+def test_bn_recalibration_matches_the_new_statistics(tiny, tiny_inputs):
+    model = copy.deepcopy(tiny)
+    prune_per_layer_(model, {"body.0": 0.7})
+    bn = model.body[1]
+    convs = {}
+    model.body[0].register_forward_hook(lambda m, i, o: convs.setdefault("out", []).append(o))
+    assert recalibrate_bn_(model, tiny_inputs) == 4
+    out = torch.cat(convs["out"])
+    assert torch.allclose(bn.running_mean, out.mean((0, 2, 3)), atol=1e-4)
+    # weights untouched, only statistics
+    assert torch.equal(model.body[0].weight, model.body[0].weight * (model.body[0].weight != 0))
+    assert not bn.training
+
+
+def test_mse_clipping_never_worse_than_nearest():
+    torch.manual_seed(0)
+    w = torch.randn(16, 32) * torch.linspace(0.1, 2, 32)
+    w[0, 0] = 12.0  # an outlier that wastes the max-abs grid
+    for bits in (3, 4, 6):
+        qmax = 2 ** (bits - 1) - 1
+        scale = mse_clip_scale(w, bits)
+        mse = ((torch.clamp(torch.round(w / scale), -qmax, qmax) * scale - w) ** 2).sum(1)
+        codes, s0 = fake_quantize_weight(w, bits)
+        nearest = ((codes * s0 - w) ** 2).sum(1)
+        assert (mse <= nearest + 1e-9).all()
+        if bits < 6:
+            assert mse.sum() < nearest.sum()
+
+
+def test_bias_correction_removes_the_mean_shift(tiny, tiny_inputs):
+    model = copy.deepcopy(tiny)
+    layers = {"body.0": model.body[0]}
+    means = input_means(model, layers, tiny_inputs)
+    w0 = {"body.0": model.body[0].weight.detach().clone()}
+    with torch.no_grad():
+        model.body[0].weight.add_(0.05)  # a systematic rounding error
+    outs = {}
+    h = model.body[0].register_forward_hook(lambda m, i, o: outs.__setitem__("o", o))
+
+    def shift():
+        with torch.no_grad():
+            a = torch.cat([tiny.body[0](tiny.stem(x)) for x in tiny_inputs])
+            b = torch.cat([(model(x), outs["o"])[1] for x in tiny_inputs])
+        return (b - a).mean((0, 2, 3)).abs().max().item()
+
+    before = shift()
+    bias_correct_(model, w0, means)
+    after = shift()
+    h.remove()
+    assert after < 0.05 * before
+
+
+def test_sparsegpt_beats_magnitude_on_the_layer_output(tiny_inputs):
+    torch.manual_seed(0)
+    layer = nn.Linear(32, 16, bias=False)
+    x = torch.randn(512, 8) @ torch.randn(8, 32) + 0.1 * torch.randn(512, 32)  # strongly correlated inputs
+    hessian = (x.t() @ x).double() / len(x)
+    obs, mag = copy.deepcopy(layer), copy.deepcopy(layer)
+    sparsegpt_(obs.weight, hessian, 0.5)
+    prune_per_layer_(mag, {"": 0.5})
+    assert (obs.weight == 0).float().mean().item() == pytest.approx(0.5, abs=0.02)
+    with torch.no_grad():
+        ref = layer(x)
+        assert ((obs(x) - ref) ** 2).mean() < 0.7 * ((mag(x) - ref) ** 2).mean()
+
+
+def test_layer_hessians_shape(tiny, tiny_inputs):
+    hs = layer_hessians(tiny, {"body.0": tiny.body[0], "fc": tiny.fc}, tiny_inputs[:4])
+    assert hs["body.0"].shape == (16, 16) and hs["fc"].shape == (16, 16)
+    assert torch.allclose(hs["fc"], hs["fc"].t())
+
+
+def test_sensitivity_restores_the_model_and_allocations_meet_targets(tiny, tiny_inputs):
+    before = {k: v.clone() for k, v in tiny.state_dict().items()}
+    *_, sens = sensitivity_steps(tiny, tiny_inputs[:8], "prune", 0.5)
+    assert all(torch.equal(before[k], v) for k, v in tiny.state_dict().items())
+    assert set(sens) == {"stem.0", "body.0", "body.3", "body.6", "fc"}
+    sparsity = allocate_sparsity(sens, 0.5, 0.5, fixed={"stem.0": 0.0})
+    total = sum(s.params for s in sens.values())
+    assert sum(sparsity[n] * sens[n].params for n in sens) == pytest.approx(0.5 * total, rel=1e-3)
+    assert sparsity["stem.0"] == 0.0 and max(sparsity.values()) <= 0.95
+    *_, sens_b = sensitivity_steps(tiny, tiny_inputs[:8], "bits", 4)
+    bits = allocate_bits(sens_b, 4, 4, fixed={"stem.0": 8})
+    mean = sum(bits[n] * sens_b[n].params for n in sens_b) / total
+    assert mean <= 4 + 1e-9 and bits["stem.0"] == 8 and len(set(bits.values())) > 1
+
+
+def test_distillation_lowers_the_loss_and_keeps_zeros(tiny, tiny_inputs):
+    result = optimize(tiny, OptimizationConfig(sparsity=0.6, prune_method="unstructured"), tiny_inputs)
+    zeros = {n: (p == 0) for n, p in result.model.named_parameters() if p.dim() > 1}
+    losses = [s["loss"] for s in distill_steps(result.model, tiny, tiny_inputs, seconds=3, lr=1e-3)
+              if isinstance(s, dict)]
+    assert len(losses) > 5 and min(losses[-3:]) < losses[0]
+    for n, p in result.model.named_parameters():
+        if n in zeros:
+            assert (p[zeros[n]] == 0).all()
+
+
+def test_json_says_which_methods_ran(tiny, tiny_inputs):
+    best = optimize(tiny, OptimizationConfig(bits=4, quant_scheme="weights"), tiny_inputs)
+    assert {"MSE-optimal clipping", "bias correction", "mixed precision from sensitivity"} <= set(best.methods)
+    naive = optimize(tiny, OptimizationConfig(bits=4, quant_scheme="weights").naive(), tiny_inputs)
+    assert naive.methods == []

@@ -1,0 +1,221 @@
+"""Keeping accuracy after compression: BatchNorm re-estimation, bias correction,
+MSE-optimal clipping of low-bit weights, and recovery by distillation.
+
+References
+----------
+- BatchNorm re-estimation after pruning: Li et al., "EagleEye: Fast Sub-net Evaluation
+  for Efficient Neural Network Pruning", ECCV 2020 (adaptive BN).
+- Bias correction: Nagel et al., "Data-Free Quantization Through Weight Equalization
+  and Bias Correction", ICCV 2019 (empirical variant, from calibration activations).
+- MSE-optimal clipping: Banner et al., "Post training 4-bit quantization of convolutional
+  networks for rapid-deployment", NeurIPS 2019 (here: a per-channel grid search).
+- Distillation: Hinton et al., "Distilling the Knowledge in a Neural Network", 2015.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .locks import running
+
+
+def _batches(inputs: Sequence[torch.Tensor], size: int = 16) -> Iterator[torch.Tensor]:
+    for i in range(0, len(inputs), size):
+        yield torch.cat(list(inputs[i:i + size]))
+
+
+def recalibrate_bn_(model: nn.Module, calibration: Sequence[torch.Tensor]) -> int:
+    """Re-estimate every BatchNorm's running statistics on ``calibration`` (in place).
+    Returns how many BatchNorm layers were updated."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns or not calibration:
+        return 0
+    saved = [(m.momentum, m.training) for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over all batches
+        m.train()
+    with torch.no_grad(), running():
+        for batch in _batches(calibration):
+            model(batch)
+    for m, (momentum, training) in zip(bns, saved):
+        m.momentum = momentum
+        m.train(training)
+    return len(bns)
+
+
+def mse_clip_scale(w: torch.Tensor, bits: int, grid: int = 20) -> torch.Tensor:
+    """Per output channel, the symmetric scale whose rounding error ||W - Q(W)||^2 is
+    smallest, searched over clipping ratios 0.5 .. 1.0 of the channel's max |w|."""
+    qmax = 2 ** (bits - 1) - 1
+    flat = w.detach().reshape(w.shape[0], -1)
+    absmax = flat.abs().amax(1).clamp(min=1e-12)
+    best_err = torch.full_like(absmax, float("inf"))
+    best = absmax / qmax
+    for ratio in torch.linspace(0.5, 1.0, grid):
+        scale = absmax * ratio / qmax
+        q = torch.clamp(torch.round(flat / scale[:, None]), -qmax, qmax) * scale[:, None]
+        err = (q - flat).pow(2).sum(1)
+        better = err < best_err
+        best_err = torch.where(better, err, best_err)
+        best = torch.where(better, scale, best)
+    return best.reshape(-1, *([1] * (w.dim() - 1)))
+
+
+def input_means(model: nn.Module, layers: dict[str, nn.Module],
+                calibration: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Mean input per channel of each conv/linear layer over the calibration images."""
+    sums: dict[str, torch.Tensor] = {}
+    counts: dict[str, int] = {}
+
+    def hook(name):
+        def fn(module, inputs, _output):
+            x = inputs[0]
+            dims = [0, 2, 3] if x.dim() == 4 else [0]
+            sums[name] = sums.get(name, 0) + x.sum(dims)
+            counts[name] = counts.get(name, 0) + x.numel() // x.shape[1]
+        return fn
+
+    handles = [m.register_forward_hook(hook(n)) for n, m in layers.items()]
+    try:
+        with torch.no_grad(), running():
+            for batch in _batches(calibration):
+                model(batch)
+    finally:
+        for h in handles:
+            h.remove()
+    return {n: sums[n] / counts[n] for n in sums}
+
+
+def bias_correct_(model: nn.Module, original_weights: dict[str, torch.Tensor],
+                  means: dict[str, torch.Tensor]) -> None:
+    """Remove the mean output shift that rounding the weights caused:
+    bias -= (W_q - W) . E[x], per output channel (padding at the borders ignored)."""
+    modules = dict(model.named_modules())
+    with torch.no_grad():
+        for name, w0 in original_weights.items():
+            m, mean = modules[name], means.get(name)
+            if mean is None:
+                continue
+            dw = m.weight - w0
+            if isinstance(m, nn.Conv2d):
+                g = m.groups
+                dw = dw.sum((2, 3))  # out x in/groups
+                mean_g = mean.reshape(g, -1)  # groups x in/groups
+                shift = (dw.reshape(g, -1, dw.shape[1]) * mean_g[:, None, :]).sum(2).reshape(-1)
+            else:
+                shift = dw @ mean
+            if m.bias is None:
+                m.bias = nn.Parameter(torch.zeros(m.weight.shape[0]))
+            m.bias.sub_(shift)
+
+
+def distill_steps(student: nn.Module, teacher: nn.Module, images: Sequence[torch.Tensor], *,
+                  seconds: float = 60.0, lr: float = 1e-4, batch_size: int = 16,
+                  temperature: float = 1.0) -> Iterator[str | dict]:
+    """Fine-tune ``student`` in place towards ``teacher``'s outputs on ``images`` (no labels),
+    within a time bound. Zeroed weights stay zero (pruning masks are re-applied).
+    Yields progress strings and, after every step, a dict with the step's loss."""
+    masks = {n: (p != 0) for n, p in student.named_parameters() if p.dim() > 1 and (p == 0).any()}
+    params = [p for p in student.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=lr)
+    with torch.no_grad(), running():
+        targets = [F.softmax(teacher(b) / temperature, 1) for b in _batches(images, batch_size)]
+    batches = list(_batches(images, batch_size))
+    start, step = time.monotonic(), 0
+    student.train()
+    for m in student.modules():  # BatchNorm statistics stay as calibrated
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
+    try:
+        while time.monotonic() - start < seconds:
+            i = step % len(batches)
+            with running():
+                logits = student(batches[i])
+            loss = F.kl_div(F.log_softmax(logits / temperature, 1), targets[i], reduction="batchmean")
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            with torch.no_grad():
+                for n, p in student.named_parameters():
+                    if n in masks:
+                        p.mul_(masks[n])
+            step += 1
+            elapsed = time.monotonic() - start
+            yield f"distilling: step {step}, {elapsed:.0f}/{seconds:.0f} s, loss {loss.item():.4f}"
+            yield {"step": step, "loss": loss.item(), "elapsed": elapsed}
+    finally:
+        student.eval()
+
+
+def layer_hessians(model: nn.Module, layers: dict[str, nn.Module],
+                   calibration: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
+    """H = X X^T / n of each 1x1-conv / linear layer's inputs over the calibration images
+    (columns of X: pixels for a conv, samples for a linear layer)."""
+    acc: dict[str, torch.Tensor] = {}
+    counts: dict[str, int] = {}
+
+    def hook(name):
+        def fn(module, inputs, _output):
+            x = inputs[0]
+            x = x.permute(1, 0, 2, 3).reshape(x.shape[1], -1) if x.dim() == 4 else x.t()
+            x = x.double()
+            acc[name] = acc.get(name, 0) + x @ x.t()
+            counts[name] = counts.get(name, 0) + x.shape[1]
+        return fn
+
+    handles = [m.register_forward_hook(hook(n)) for n, m in layers.items()]
+    try:
+        with torch.no_grad(), running():
+            for batch in _batches(calibration, 8):
+                model(batch)
+    finally:
+        for h in handles:
+            h.remove()
+    return {n: acc[n] / counts[n] for n in acc}
+
+
+def sparsegpt_(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float, block: int = 128,
+               damp: float = 0.01) -> None:
+    """Prune ``weight`` (out x in, or out x in x 1 x 1) to ``sparsity`` in place and update the
+    remaining weights to compensate, column by column, with the inverse Hessian of the layer's
+    inputs: SparseGPT (Frantar & Alistarh, "SparseGPT: Massive Language Models Can Be
+    Accurately Pruned in One-Shot", ICML 2023), itself the Optimal Brain Surgeon update of
+    OBC (Frantar & Alistarh, NeurIPS 2022)."""
+    shape = weight.shape
+    W = weight.detach().reshape(shape[0], -1).double().clone()
+    H = hessian.clone()
+    dead = torch.diag(H) == 0
+    H[dead, dead] = 1
+    W[:, dead] = 0
+    H += damp * torch.diag(H).mean() * torch.eye(H.shape[0], dtype=H.dtype)
+    Hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
+    cols = W.shape[1]
+    for i1 in range(0, cols, block):
+        i2 = min(i1 + block, cols)
+        W1 = W[:, i1:i2].clone()
+        Q1 = torch.zeros_like(W1)
+        Err1 = torch.zeros_like(W1)
+        Hinv1 = Hinv[i1:i2, i1:i2]
+        score = W1 ** 2 / torch.diag(Hinv1).reshape(1, -1) ** 2
+        k = int(score.numel() * sparsity)
+        mask = torch.zeros_like(W1, dtype=torch.bool)
+        if k:
+            mask.view(-1)[score.flatten().topk(k, largest=False).indices] = True
+        for i in range(i2 - i1):
+            w = W1[:, i]
+            d = Hinv1[i, i]
+            q = torch.where(mask[:, i], torch.zeros_like(w), w)
+            Q1[:, i] = q
+            err = (w - q) / d
+            W1[:, i:] -= err[:, None] @ Hinv1[i, i:][None, :]
+            Err1[:, i] = err
+        W[:, i1:i2] = Q1
+        W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
+    with torch.no_grad():
+        weight.copy_(W.reshape(shape).to(weight.dtype))

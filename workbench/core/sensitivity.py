@@ -1,0 +1,142 @@
+"""Per-layer sensitivity, and per-layer sparsity / bit widths allocated from it.
+
+Sensitivity of a layer: compress that layer alone (prune it, or round its weights) and
+measure, on a few calibration images, the mean KL divergence of the model's output from
+the original's, and the agreement of their top-1 classes.
+
+Allocation assumes each layer's KL grows as s_l (p / p0)^2 with its sparsity p (a
+second-order model of the loss, as in Optimal Brain Damage) and as s_l 4^(b0 - b) with its
+bit width b (each bit halves the rounding error), and minimises the summed KL under the
+global target: a closed form with a Lagrange multiplier for sparsity, a greedy descent
+for bits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .locks import running
+from .quantize import QUANT_LAYERS, simulate_weight_quant_
+
+MAX_SPARSITY = 0.95
+_CACHE: dict[tuple, dict[str, LayerSensitivity]] = {}
+
+
+@dataclass(frozen=True)
+class LayerSensitivity:
+    name: str
+    params: int
+    kl: float
+    agreement: float
+
+
+def compressible_layers(model: nn.Module, exclude: Sequence[str] = ()) -> dict[str, nn.Module]:
+    skip = set(exclude)
+    return {n: m for n, m in model.named_modules() if isinstance(m, QUANT_LAYERS) and n not in skip}
+
+
+def first_and_last(model: nn.Module) -> tuple[str, str]:
+    names = list(compressible_layers(model))
+    return names[0], names[-1]
+
+
+def _probe_(module: nn.Module, kind: str, value: float, name: str) -> None:
+    with torch.no_grad():
+        if kind == "prune":
+            w = module.weight
+            k = int(value * w.numel())
+            if k:
+                threshold = w.abs().flatten().kthvalue(k).values
+                w.mul_(w.abs() > threshold)
+        else:
+            simulate_weight_quant_(module, {"": int(value)}, rounding="mse")
+
+
+def sensitivity_steps(model: nn.Module, calibration: Sequence[torch.Tensor], kind: str, value: float,
+                      exclude: Sequence[str] = (), key=None) -> Iterator[str | dict[str, LayerSensitivity]]:
+    """Yields progress, then {layer name: LayerSensitivity}. ``kind`` is "prune" (``value``
+    = sparsity) or "bits" (``value`` = bit width). ``model`` is changed during each probe
+    and restored after it: pass a copy when others may run it meanwhile, and ``key`` (e.g.
+    the id of the model it copies) so results are cached per model, probe and images."""
+    batch = torch.cat(list(calibration))
+    key = (key if key is not None else id(model), kind, float(value), tuple(exclude), tuple(batch.shape),
+           float(batch.sum()))
+    if key in _CACHE:
+        yield _CACHE[key]
+        return
+    with torch.no_grad(), running():
+        reference = F.softmax(model(batch), 1)
+    layers = compressible_layers(model, exclude)
+    out: dict[str, LayerSensitivity] = {}
+    for i, (name, module) in enumerate(layers.items()):
+        saved = module.weight.detach().clone()
+        try:
+            _probe_(module, kind, value, name)
+            with torch.no_grad(), running():
+                probs = F.softmax(model(batch), 1)
+        finally:
+            with torch.no_grad():
+                module.weight.copy_(saved)
+        kl = (reference * (reference.clamp_min(1e-12).log() - probs.clamp_min(1e-12).log())).sum(1).mean()
+        agree = (reference.argmax(1) == probs.argmax(1)).float().mean()
+        out[name] = LayerSensitivity(name, module.weight.numel(), max(kl.item(), 1e-9), agree.item())
+        yield f"sensitivity ({kind} {value:g}): {i + 1}/{len(layers)} layers"
+    _CACHE[key] = out
+    yield out
+
+
+def allocate_sparsity(sens: dict[str, LayerSensitivity], target: float, probe: float,
+                      fixed: dict[str, float] | None = None) -> dict[str, float]:
+    """Per-layer sparsity with the same number of zeros as ``target`` over all layers:
+    minimises sum s_l (p_l / probe)^2 subject to sum n_l p_l = target sum n_l, so
+    p_l is proportional to n_l / s_l, clipped to [0, 0.95] (water-filling)."""
+    fixed = fixed or {}
+    free = {n: s for n, s in sens.items() if n not in fixed}
+    total = sum(s.params for s in sens.values())
+    budget = target * total - sum(fixed[n] * sens[n].params for n in fixed if n in sens)
+    if not free or budget <= 0:
+        return {**{n: 0.0 for n in free}, **fixed}
+    weight = {n: s.params / s.kl for n, s in free.items()}
+
+    def zeros(lam):
+        return sum(min(MAX_SPARSITY, lam * weight[n]) * free[n].params for n in free)
+
+    lo, hi = 0.0, 1.0
+    while zeros(hi) < budget and hi < 1e30:
+        hi *= 2
+    for _ in range(100):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if zeros(mid) < budget else (lo, mid)
+    alloc = {n: min(MAX_SPARSITY, hi * weight[n]) for n in free}
+    return {**alloc, **fixed}
+
+
+def allocate_bits(sens: dict[str, LayerSensitivity], target_bits: float, probe_bits: int,
+                  fixed: dict[str, int] | None = None, choices: Sequence[int] = (2, 3, 4, 5, 6, 7, 8)
+                  ) -> dict[str, int]:
+    """Per-layer bit widths whose parameter-weighted mean is at most ``target_bits``:
+    start every free layer at the highest width, then repeatedly take one bit from the
+    layer where it costs the least predicted KL per bit saved."""
+    fixed = fixed or {}
+    bits = {n: max(choices) for n in sens if n not in fixed}
+    total = sum(s.params for s in sens.values())
+
+    def mean_bits():
+        return (sum(bits[n] * sens[n].params for n in bits)
+                + sum(fixed[n] * sens[n].params for n in fixed if n in sens)) / total
+
+    def cost(n, b):
+        return sens[n].kl * 4.0 ** (probe_bits - b)
+
+    while mean_bits() > target_bits + 1e-9:
+        options = [(n, b) for n, b in bits.items() if b > min(choices)]
+        if not options:
+            break
+        n, b = min(options, key=lambda nb: (cost(nb[0], nb[1] - 1) - cost(*nb)) / sens[nb[0]].params)
+        bits[n] = b - 1
+    return {**bits, **fixed}
