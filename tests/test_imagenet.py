@@ -30,3 +30,14 @@ def test_onnxruntime_agrees_with_float(imagenet_sample, lite0, tmp_path, config)
     report = compare(lite0, open_source(imagenet_sample, limit=200), config, latency_runs=3, out_dir=tmp_path)
     assert report["optimized"]["kernels"].startswith("onnxruntime")
     assert report["optimized"]["agreement"] >= 0.90
+
+
+def test_smart_allocation_beats_uniform_at_the_same_target(imagenet_sample, lite0, tmp_path):
+    def top1(config):
+        report = compare(lite0, open_source(imagenet_sample, limit=150), config, latency_runs=2, out_dir=tmp_path)
+        return report["optimized"]["top1"]
+
+    bits = OptimizationConfig(bits=4, quant_scheme="weights")
+    assert top1(bits) > top1(bits.with_(allocation="uniform")) + 0.02
+    sparse = OptimizationConfig(sparsity=0.5)
+    assert top1(sparse) > top1(sparse.with_(prune_method="unstructured-global", allocation="uniform")) + 0.10

@@ -117,3 +117,25 @@ def test_folder_with_a_corrupt_image_reports_it(qtbot, window, tmp_path):
     window.open_path(str(tmp_path))
     qtbot.waitUntil(lambda: "skipped 1 unreadable" in window.status_text.text(), timeout=LONG)
     assert len(window.ws.frames) == 2 and window.ws.labelled
+
+
+def test_layers_view_sensitivity_overrides_and_recovery(qtbot, window, monkeypatch):
+    import workbench.ui.window as win
+
+    _wait_for_predictions(qtbot, window)
+    layers = window.layers
+    window.findChild(QSlider, "sparsitySlider").setValue(30)
+    qtbot.waitUntil(lambda: window.shown_config is not None and window.shown_config.sparsity == 0.3, timeout=LONG)
+    layers.measure_button.click()
+    qtbot.waitUntil(lambda: len(layers._sens) >= 40, timeout=LONG)
+    assert len(layers.sens_bars.opts["height"]) == len(layers.names)
+    name = layers.names[5]
+    layers.toggle_excluded(name)
+    layers.set_layer_bits(layers.names[6], 6)
+    qtbot.waitUntil(lambda: window.shown_config is not None and name in window.shown_config.exclude, timeout=LONG)
+    assert dict(window.shown_config.layer_bits) == {layers.names[6]: 6}
+    monkeypatch.setattr(win, "RECOVER_SECONDS", 2.0)
+    layers.recover_button.click()
+    qtbot.waitUntil(lambda: any("distillation" in m for m in window.measured.optimized.methods), timeout=LONG)
+    layers.clear_overrides()
+    qtbot.waitUntil(lambda: window.shown_config is not None and not window.shown_config.exclude, timeout=LONG)

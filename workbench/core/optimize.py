@@ -52,6 +52,7 @@ class OptimizedModel:
     notes: list[str] = field(default_factory=list)
     methods: list[str] = field(default_factory=list)  # the accuracy-keeping methods that ran
     allocation: dict[str, dict[str, float]] = field(default_factory=dict)  # per-layer sparsity / bits
+    sensitivity: dict = field(default_factory=dict)  # {"probe": str, "layers": {name: LayerSensitivity}}
     file: Path | None = None  # the deployable file, when the runtime needed one (ONNX)
 
     @property
@@ -233,6 +234,7 @@ def _prune(work, original, config: OptimizationConfig, calibration, result: Opti
                 yield step
             else:
                 sens = step
+        result.sensitivity = {"probe": f"pruned to {config.sparsity:.0%}", "layers": sens}
         first, _ = first_and_last(work)
         per_layer = allocate_sparsity(sens, config.sparsity, config.sparsity, fixed={first: 0.0})
         prune_per_layer_(work, per_layer)
@@ -281,6 +283,7 @@ def _simulated_bits(work, original, config: OptimizationConfig, calibration, res
                 yield step
             else:
                 sens = step
+        result.sensitivity = {"probe": f"rounded to {config.bits} bits", "layers": sens}
         first, _ = first_and_last(work)
         bits = allocate_bits(sens, config.bits, config.bits, fixed={first: 8, **overrides})
         result.allocation["bits"] = dict(bits)

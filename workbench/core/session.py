@@ -3,6 +3,7 @@ and the long jobs (optimize, evaluate) as generators the window runs off its thr
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import tempfile
 import time
@@ -162,3 +163,46 @@ def evaluate_steps(ws: Workspace, optimized_model) -> Iterator[EvalProgress]:
             opt_hits += new.top1 == label
         agree += ref.top1 == new.top1
         yield EvalProgress(i + 1, n, orig_hits, opt_hits, labelled, agree)
+
+
+def sensitivity_job(ws: Workspace, config: OptimizationConfig) -> Iterator[str | dict]:
+    """Per-layer sensitivity for the current config's kind of compression, on a copy of
+    the model (the original keeps running elsewhere). Yields progress, then
+    {"probe": text, "layers": {name: LayerSensitivity}}."""
+    import copy
+
+    from .sensitivity import sensitivity_steps
+
+    if config.simulated and config.bits < 16:
+        kind, value, probe = "bits", config.bits, f"rounded to {config.bits} bits"
+    else:
+        sparsity = config.sparsity or 0.5
+        kind, value, probe = "prune", sparsity, f"pruned to {sparsity:.0%}"
+    work = copy.deepcopy(ws.loaded.model).eval()
+    key = id(ws.loaded.model) if kind == "prune" else (id(ws.loaded.model), 0.0, config.prune_method)
+    for step in sensitivity_steps(work, ws.calibration(8), kind, value, config.exclude, key=key):
+        if isinstance(step, str):
+            yield step
+        else:
+            yield {"probe": probe, "layers": step}
+
+
+def recover_job(ws: Workspace, measured: Measured, seconds: float = 60.0) -> Iterator[str | Measured]:
+    """Distil a copy of the optimized model from the original on the workspace's frames,
+    for at most ``seconds``; yields progress, then the re-measured model."""
+    import copy
+
+    from .recover import distill_steps
+
+    opt = measured.optimized
+    if opt.model is not opt.float_model:
+        raise ValueError("recovery fine-tunes float torch models: use 32 bits, the torch runtime and the CPU")
+    student = copy.deepcopy(opt.float_model)
+    for step in distill_steps(student, ws.loaded.model, ws.inputs, seconds=seconds):
+        if isinstance(step, str):
+            yield step
+    recovered = dataclasses.replace(opt, model=student, float_model=student,
+                                    methods=opt.methods + [f"distillation ({seconds:.0f} s)"])
+    yield "measuring the recovered model"
+    _, size, _ = recovered.write_file(ws.out_dir, f"recovered-{abs(hash(opt.config))}")
+    yield Measured(recovered, *measure_model(ws, student, student, size))

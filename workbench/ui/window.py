@@ -39,8 +39,11 @@ from ..core.session import (
     measure_model,
     optimize_and_measure,
     predict_one,
+    recover_job,
+    sensitivity_job,
 )
 from ..core.sources import IMAGE_SUFFIXES, VIDEO_SUFFIXES, list_cameras, open_source
+from .layers import LayersView
 from .panes import ModelPane, to_pixmap
 from .plots import Plots, TradeoffPoint
 from .runner import Runner
@@ -54,6 +57,8 @@ PRUNE_METHODS = [("unstructured, reconstructed (SparseGPT)", "unstructured-obs")
 SCHEMES = [("weights only", "weights"), ("weights + activations", "weights-activations")]
 RUNTIMES = [("runtime: torch", "torch"), ("runtime: ONNX Runtime (as deployed)", "onnxruntime")]
 FOLDER_LIMIT = 500
+RECOVER_SECONDS = 60.0
+LONG_JOBS = ("load", "optimize", "evaluate", "read", "sensitivity", "recover")
 
 
 def load_workspace(model_spec: str | LoadedModel, source_spec, limit: int = FOLDER_LIMIT):
@@ -221,9 +226,16 @@ class MainWindow(QMainWindow):
         grid.addWidget(memory, 0, 1)
         grid.addWidget(self.plots.accuracy, 1, 0)
         grid.addWidget(self.plots.tradeoff, 1, 1)
+        self.layers = LayersView()
+        self.layers.overrides_changed.connect(self._on_control_changed)
+        self.layers.measure_requested.connect(self._on_measure_sensitivity)
+        self.layers.recover_requested.connect(self._on_recover)
+        self.right_tabs = QTabWidget(objectName="rightTabs")
+        self.right_tabs.addTab(right, "Plots")
+        self.right_tabs.addTab(self.layers, "Layers")
         split = QSplitter(Qt.Orientation.Horizontal)
         split.addWidget(left)
-        split.addWidget(right)
+        split.addWidget(self.right_tabs)
         split.setSizes([620, 660])
         outer.addWidget(split, 1)
         self.setCentralWidget(central)
@@ -260,7 +272,9 @@ class MainWindow(QMainWindow):
         return OptimizationConfig(sparsity=self.sparsity_slider.value() / 100,
                                   prune_method=self.prune_method.currentData(),
                                   bits=self.bits, quant_scheme=self.quant_scheme.currentData(),
-                                  runtime=self.runtime.currentData(), device=self.device.currentData())
+                                  runtime=self.runtime.currentData(), device=self.device.currentData(),
+                                  exclude=tuple(sorted(self.layers.excluded)),
+                                  layer_bits=tuple(sorted(self.layers.layer_bits.items())))
 
     def _on_control_changed(self, *_):
         self.sparsity_label.setText(f"{self.sparsity_slider.value()} %")
@@ -276,6 +290,9 @@ class MainWindow(QMainWindow):
         self.quant_scheme.setCurrentIndex([v for _, v in SCHEMES].index(config.quant_scheme))
         self.runtime.setCurrentIndex([v for _, v in RUNTIMES].index(config.runtime))
         self.device.setCurrentIndex(max(0, self.device.findData(config.device)))
+        self.layers.excluded = set(config.exclude)
+        self.layers.layer_bits = dict(config.layer_bits)
+        self.layers._redraw()
         self._debounce.start()
 
     def _on_point_clicked(self, config: OptimizationConfig) -> None:
@@ -521,12 +538,32 @@ class MainWindow(QMainWindow):
         self._update_sizes()
         self.plots.add_point(TradeoffPoint(opt.config, measured.latency_ms, measured.size_bytes))
         self.plots.set_current(opt.config)
-        self._show_status(f"ready: {opt.config.label()} ({opt.description})")
+        self._show_status(f"ready: {opt.config.label()} ({opt.description})"
+                          + (f"; methods: {', '.join(opt.methods)}" if opt.methods else ""))
+        if opt.sensitivity:
+            self.layers.show_sensitivity(opt.sensitivity["layers"], opt.sensitivity["probe"])
+        names = [n for n, m in opt.float_model.named_modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+        self.layers.show_allocation(opt.allocation, names)
         if self.live is not None:
             self.live.set_optimized(opt.model)
         self._infer()
         if not self.runner.busy("read"):
             self._start_evaluation()
+
+    def _on_measure_sensitivity(self) -> None:
+        if self.ws is None:
+            return
+        self.runner.submit("sensitivity", sensitivity_job, self.ws, self.config(), on_progress=self._on_progress,
+                           on_error=self._on_error,
+                           on_result=lambda r: (self.layers.show_sensitivity(r["layers"], r["probe"]),
+                                                self._show_status(f"sensitivity measured ({r['probe']})")))
+
+    def _on_recover(self) -> None:
+        if self.ws is None or self.measured is None:
+            return
+        self.runner.cancel("evaluate")
+        self.runner.submit("recover", recover_job, self.ws, self.measured, RECOVER_SECONDS,
+                           on_progress=self._on_progress, on_error=self._on_error, on_result=self._on_optimized)
 
     def _start_evaluation(self) -> None:
         if self.ws is None or self.measured is None or self.ws.is_stream:
@@ -580,12 +617,12 @@ class MainWindow(QMainWindow):
         self.status_text.setStyleSheet("color: #c0392b;" if error else "")
 
     def _update_busy(self) -> None:
-        busy = any(self.runner.busy(k) for k in ("load", "optimize", "evaluate", "read"))
+        busy = any(self.runner.busy(k) for k in LONG_JOBS)
         self.progress.setVisible(busy)
         self.cancel_button.setVisible(busy)
 
     def _on_cancel(self) -> None:
-        for kind in ("load", "optimize", "evaluate", "read"):
+        for kind in LONG_JOBS:
             self.runner.cancel(kind)
         self._show_status("cancelled")
 
