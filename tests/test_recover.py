@@ -9,8 +9,15 @@ from torch import nn
 from workbench.core.config import OptimizationConfig
 from workbench.core.optimize import optimize, prune_per_layer_
 from workbench.core.quantize import fake_quantize_weight
-from workbench.core.recover import (bias_correct_, distill_steps, input_means, layer_hessians, mse_clip_scale,
-                                    recalibrate_bn_, sparsegpt_)
+from workbench.core.recover import (
+    bias_correct_,
+    distill_steps,
+    input_means,
+    layer_hessians,
+    mse_clip_scale,
+    recalibrate_bn_,
+    sparsegpt_,
+)
 from workbench.core.sensitivity import allocate_bits, allocate_sparsity, sensitivity_steps
 
 
