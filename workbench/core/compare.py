@@ -24,7 +24,7 @@ from .measure import (
     write_model_file,
 )
 from .models import LoadedModel
-from .optimize import OptimizedModel, optimize_steps
+from .optimize import OptimizedModel, optimize_steps, relay
 
 
 @dataclass
@@ -77,22 +77,12 @@ def compare_steps(loaded: LoadedModel, source, config: OptimizationConfig, *, li
                   calibration_images: int = 32, latency_runs: int = 30,
                   out_dir: Path | None = None) -> Iterator[str | dict]:
     """The whole comparison as a generator: progress strings, then the report dict."""
-    batch = None
-    for step in load_batch(loaded, source, limit):
-        if isinstance(step, str):
-            yield step
-        else:
-            batch = step
+    batch = yield from relay(load_batch(loaded, source, limit))
     if not batch.inputs:
         raise ValueError(f"no readable image in {source.name}")
-    opt: OptimizedModel | None = None
     out = Path(out_dir or tempfile.mkdtemp(prefix="workbench-"))
     out.mkdir(parents=True, exist_ok=True)
-    for step in optimize_steps(loaded.model, config, batch.inputs[:calibration_images], workdir=out):
-        if isinstance(step, str):
-            yield step
-        else:
-            opt = step
+    opt = yield from relay(optimize_steps(loaded.model, config, batch.inputs[:calibration_images], workdir=out))
     yield f"evaluating {len(batch.inputs)} images"
     yield report_for(loaded, opt, batch, out, latency_runs, source.name)
 

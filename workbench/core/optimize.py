@@ -30,6 +30,18 @@ from .quantize import (
 SENSITIVITY_IMAGES = 8
 
 
+def relay(steps: Iterator) -> Iterator[str]:
+    """Pass a step generator's progress strings on; return its last other value, so that
+    ``value = yield from relay(steps)``."""
+    value = None
+    for step in steps:
+        if isinstance(step, str):
+            yield step
+        else:
+            value = step
+    return value
+
+
 class OptimizeError(Exception):
     """The model cannot be optimized this way; the message says why."""
 
@@ -228,12 +240,8 @@ def _prune(work, original, config: OptimizationConfig, calibration, result: Opti
     elif config.prune_method == "unstructured-global" and config.allocation == "sensitivity" and calibration:
         from .sensitivity import allocate_sparsity, first_and_last
 
-        sens = None
-        for step in _sensitivity(work, calibration, "prune", config.sparsity, config.exclude, id(original)):
-            if isinstance(step, str):
-                yield step
-            else:
-                sens = step
+        sens = yield from relay(_sensitivity(work, calibration, "prune", config.sparsity, config.exclude,
+                                             id(original)))
         result.sensitivity = {"probe": f"pruned to {config.sparsity:.0%}", "layers": sens}
         first, _ = first_and_last(work)
         per_layer = allocate_sparsity(sens, config.sparsity, config.sparsity, fixed={first: 0.0})
@@ -254,12 +262,7 @@ def _int8(work, config: OptimizationConfig, calibration, result: OptimizedModel)
     if not calibration:
         raise OptimizeError("int8 needs calibration images")
     result.quant_bits = {n: 8 for n in prunable_layers(work, config.exclude)}
-    final = None
-    for step in quantize_int8(work, calibration, config.per_channel, config.exclude):
-        if isinstance(step, str):
-            yield step
-        else:
-            final = step
+    final = yield from relay(quantize_int8(work, calibration, config.per_channel, config.exclude))
     result.model = final
     result.kernels = f"int8-{int8_engine()}"
     result.float_fallback = float_layers(final)
@@ -276,13 +279,8 @@ def _simulated_bits(work, original, config: OptimizationConfig, calibration, res
     if config.allocation == "sensitivity" and config.bits < 8 and calibration:
         from .sensitivity import allocate_bits, first_and_last
 
-        sens = None
         key = (id(original), config.sparsity, config.prune_method)
-        for step in _sensitivity(work, calibration, "bits", config.bits, config.exclude, key):
-            if isinstance(step, str):
-                yield step
-            else:
-                sens = step
+        sens = yield from relay(_sensitivity(work, calibration, "bits", config.bits, config.exclude, key))
         result.sensitivity = {"probe": f"rounded to {config.bits} bits", "layers": sens}
         first, _ = first_and_last(work)
         bits = allocate_bits(sens, config.bits, config.bits, fixed={first: 8, **overrides})
@@ -310,13 +308,8 @@ def _simulated_bits(work, original, config: OptimizationConfig, calibration, res
     if config.quant_scheme == "weights-activations" and config.bits < 8:
         if not calibration:
             raise OptimizeError("activation quantization needs calibration images")
-        final = None
-        for step in simulate_activation_quant(work, config.bits, list(calibration), config.per_channel):
-            if isinstance(step, str):
-                yield step
-            else:
-                final = step
-        result.model = final
+        result.model = yield from relay(simulate_activation_quant(work, config.bits, list(calibration),
+                                                                  config.per_channel))
     elif config.quant_scheme == "weights-activations":
         result.notes.append(f"{config.bits}-bit: weights rounded; activations stay float")
 

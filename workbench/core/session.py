@@ -17,7 +17,7 @@ from .config import OptimizationConfig
 from .locks import running
 from .measure import count_macs, count_params, measure_latency
 from .models import LoadedModel
-from .optimize import OptimizedModel, optimize_steps
+from .optimize import OptimizedModel, optimize_steps, relay
 from .sources import Frame, VideoSource
 
 
@@ -115,12 +115,7 @@ def measure_model(ws: Workspace, model, float_model, file_size: int, runs: int =
 
 def optimize_and_measure(ws: Workspace, config: OptimizationConfig) -> Iterator[str | Measured]:
     """Optimize the workspace's model for ``config`` and measure it (a generator)."""
-    result = None
-    for step in optimize_steps(ws.loaded.model, config, ws.calibration(), workdir=ws.out_dir):
-        if isinstance(step, str):
-            yield step
-        else:
-            result = step
+    result = yield from relay(optimize_steps(ws.loaded.model, config, ws.calibration(), workdir=ws.out_dir))
     yield "measuring latency and file size"
     _, size, _ = result.write_file(ws.out_dir, f"optimized-{abs(hash(config))}")
     figures = measure_model(ws, result.model, result.float_model, size)
