@@ -217,5 +217,7 @@ def sparsegpt_(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float, blo
             Err1[:, i] = err
         W[:, i1:i2] = Q1
         W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
+    W = W.float()
+    W[W.abs() < torch.finfo(torch.float32).tiny] = 0.0  # no subnormal weights
     with torch.no_grad():
-        weight.copy_(W.reshape(shape).to(weight.dtype))
+        weight.copy_(W.reshape(shape))
