@@ -11,6 +11,7 @@ from __future__ import annotations
 import sys
 import threading
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,6 +106,7 @@ class Predictor(threading.Thread):
         self.times: list[float] = []  # completion times, for predictions per second
         self.error: str | None = None
         self._halt = threading.Event()
+        self._source_model = self._compiled = None
 
     def run(self) -> None:
         done_seq = 0
@@ -124,7 +126,10 @@ class Predictor(threading.Thread):
                 continue
             started = time.perf_counter()
             try:
-                pred = predict_one(model, self.preprocess(stamped.frame.rgb))
+                x = self.preprocess(stamped.frame.rgb)
+                if model is not self._source_model:
+                    self._source_model, self._compiled = model, compile_for_live(model, x)
+                pred = predict_one(self._compiled, x)
             except Exception as exc:
                 self.error = f"{type(exc).__name__}: {exc}"
                 time.sleep(0.2)
@@ -147,6 +152,24 @@ class Predictor(threading.Thread):
 
     def stop(self) -> None:
         self._halt.set()
+
+
+def compile_for_live(model, example):
+    """A TorchScript trace of ``model``: its forward then runs in C++ without holding the
+    GIL, so two predictor threads and the GUI thread stop queueing for it. Models that
+    cannot be traced (or are no torch modules: ONNX Runtime) run as they are."""
+    import torch
+
+    from .locks import tracing
+
+    if not isinstance(model, torch.nn.Module) or isinstance(model, torch.jit.ScriptModule):
+        return model
+    try:
+        with tracing(), torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.jit.freeze(torch.jit.trace(model.eval(), example, check_trace=False))
+    except Exception:
+        return model
 
 
 class LiveSession:
