@@ -15,6 +15,8 @@ def _snapshot(model):
 CONFIGS = [
     OptimizationConfig(sparsity=0.5),
     OptimizationConfig(sparsity=0.5, prune_method="unstructured-global"),
+    OptimizationConfig(sparsity=0.5, prune_method="unstructured-obs"),
+    OptimizationConfig(sparsity=0.5, prune_method="unstructured-sensitivity"),
     OptimizationConfig(sparsity=0.5, prune_method="structured"),
     OptimizationConfig(bits=8),
     OptimizationConfig(bits=4, quant_scheme="weights"),
@@ -151,3 +153,12 @@ def test_cuda_is_refused_clearly_without_a_gpu(tiny):
     else:
         with pytest.raises(OptimizeError, match="no CUDA GPU"):
             optimize(tiny, OptimizationConfig(bits=16, device="cuda"))
+
+
+@pytest.mark.parametrize("method", ["unstructured-obs", "unstructured-sensitivity"])
+def test_data_driven_pruning_hits_the_global_sparsity(tiny, tiny_inputs, method):
+    result = optimize(tiny, OptimizationConfig(sparsity=0.4, prune_method=method), tiny_inputs)
+    ws = _conv_weights(result.model)
+    zeros = sum((w == 0).sum().item() for w in ws) / sum(w.numel() for w in ws)
+    assert zeros == pytest.approx(0.4, abs=0.03)
+    assert result.allocation["sparsity"] and result.methods

@@ -18,10 +18,12 @@ def _compare_parser(sub) -> None:
     p.add_argument("--images", default=None, help="folder, image, video or camera index (default: sample photos)")
     p.add_argument("--limit", type=int, default=None, help="use at most N images")
     p.add_argument("--sparsity", type=float, default=0.0, help="0 to 0.95")
-    p.add_argument("--prune-method", default="unstructured-obs",
-                   choices=["unstructured-obs", "unstructured", "unstructured-global", "structured"],
-                   help="unstructured-obs: SparseGPT reconstruction (default); unstructured: magnitude per layer; "
-                        "unstructured-global: one magnitude threshold; structured: channels")
+    p.add_argument("--prune-method", default="unstructured-global",
+                   choices=["unstructured-global", "unstructured", "unstructured-obs", "unstructured-sensitivity",
+                            "structured"],
+                   help="unstructured-global: one magnitude threshold (default); unstructured: magnitude per layer; "
+                        "unstructured-obs: SparseGPT reconstruction; unstructured-sensitivity: per-layer sparsity "
+                        "from measured sensitivity; structured: channels")
     p.add_argument("--naive", action="store_true",
                    help="none of the accuracy-keeping methods (BatchNorm re-estimation, bias correction, "
                         "MSE clipping, sensitivity allocation, reconstruction)")
@@ -133,8 +135,9 @@ def _bench_parser(sub) -> None:
                       help="video standing in for a camera (default: a generated 640x480 30 FPS clip)")
     live.add_argument("--seconds", type=float, default=20.0)
     live.add_argument("--sparsity", type=float, default=0.0)
-    live.add_argument("--prune-method", default="unstructured-obs",
-                      choices=["unstructured-obs", "unstructured", "unstructured-global", "structured"])
+    live.add_argument("--prune-method", default="unstructured-global",
+                      choices=["unstructured-global", "unstructured", "unstructured-obs", "unstructured-sensitivity",
+                               "structured"])
     live.add_argument("--bits", type=int, default=8)
     live.add_argument("--quant-scheme", choices=["weights", "weights-activations"], default=None)
     live.add_argument("--json", action="store_true")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
 
-PRUNE_METHODS = ("unstructured-obs", "unstructured", "unstructured-global", "structured")
+PRUNE_METHODS = ("unstructured-obs", "unstructured", "unstructured-global", "unstructured-sensitivity", "structured")
 QUANT_SCHEMES = ("weights", "weights-activations")
 BIT_STOPS = (2, 3, 4, 5, 6, 7, 8, 16, 32)
 RUNTIMES = ("torch", "onnxruntime")
@@ -26,7 +26,8 @@ class OptimizationConfig:
     prune_method: "unstructured-obs" (1x1 convolutions and linear layers pruned at one rate
         with SparseGPT's Optimal-Brain-Surgeon reconstruction; depthwise and first convolution
         kept), "unstructured" (magnitude, per layer), "unstructured-global" (magnitude, one
-        threshold, or a sensitivity allocation), "structured" (channels).
+        threshold), "unstructured-sensitivity" (per-layer sparsity allocated from measured
+        sensitivity, then magnitude), "structured" (channels).
     bits: 32 (off), 16, or 8 down to 2.
     quant_scheme: "weights" or "weights-activations".
     per_channel: one scale per output channel (else per tensor).
@@ -37,15 +38,13 @@ class OptimizationConfig:
     bn_recalibration: re-estimate BatchNorm statistics after pruning.
     bias_correction: remove the mean output shift caused by rounding weights.
     rounding: "nearest" (max-abs scale) or "mse" (per-channel clipping that minimises error).
-    allocation: "sensitivity": a global sparsity target ("unstructured-global") and a bit
-        width below 8 are distributed over the layers by measured sensitivity (the same
-        number of zeros, the same mean bits); "uniform": global magnitude threshold, one bit
-        width for every layer. Per-layer pruning ("unstructured") is always uniform.
+    allocation: "sensitivity": a bit width below 8 is distributed over the layers by measured
+        sensitivity (mixed precision, the same mean bits); "uniform": one bit width for all.
     layer_bits: per-layer bit widths that override everything else, as (name, bits) pairs.
     """
 
     sparsity: float = 0.0
-    prune_method: str = "unstructured-obs"
+    prune_method: str = "unstructured-global"
     bits: int = 32
     quant_scheme: str = "weights-activations"
     per_channel: bool = True
@@ -110,7 +109,7 @@ class OptimizationConfig:
 
     def naive(self) -> OptimizationConfig:
         """The same target with none of the accuracy-keeping methods (for comparisons)."""
-        method = "unstructured-global" if self.prune_method == "unstructured-obs" else self.prune_method
+        method = "unstructured-global" if self.prune_method.startswith("unstructured-") else self.prune_method
         return replace(self, prune_method=method, bn_recalibration=False, bias_correction=False,
                        rounding="nearest", allocation="uniform")
 

@@ -237,7 +237,9 @@ def _prune(work, original, config: OptimizationConfig, calibration, result: Opti
         if not calibration:
             raise OptimizeError("reconstruction (OBS) needs calibration images")
         yield from prune_obs_(work, config.sparsity, calibration, config.exclude, result)
-    elif config.prune_method == "unstructured-global" and config.allocation == "sensitivity" and calibration:
+    elif config.prune_method == "unstructured-sensitivity":
+        if not calibration:
+            raise OptimizeError("sensitivity allocation needs calibration images")
         from .sensitivity import allocate_sparsity, first_and_last
 
         sens = yield from relay(_sensitivity(work, calibration, "prune", config.sparsity, config.exclude,
