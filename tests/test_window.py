@@ -51,7 +51,7 @@ def test_sliders_update_the_optimized_pane_and_plots(qtbot, window):
     with qtbot.waitSignal(window.shown, timeout=LONG, check_params_cb=lambda c: c.bits == 8 and c.sparsity == 0.3):
         bits.setValue(BIT_STOPS.index(8))
         sparsity.setValue(30)
-    assert window.measured.optimized.kernels.startswith("int8")
+    assert window.current.kernels.startswith("int8")
     assert "int8" in window.findChild(QLabel, "optimizedWhatRan").text()
     assert "no speedup expected" in window.findChild(QLabel, "optimizedWhatRan").text()
     assert window.findChild(QLabel, "optimizedTop1").text().split("  ")[0] in window.ws.loaded.classes
@@ -71,7 +71,7 @@ def test_only_the_newest_configuration_is_shown(qtbot, window):
         sparsity.setValue(v)
     qtbot.waitUntil(lambda: window.shown_config is not None and window.shown_config.sparsity == 0.55, timeout=LONG)
     assert all(c.sparsity == 0.55 for c in shown)
-    assert window.measured.optimized.config.sparsity == 0.55
+    assert window.current.config.sparsity == 0.55
 
 
 def test_clicking_a_tradeoff_point_restores_its_configuration(qtbot, window):

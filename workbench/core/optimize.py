@@ -253,11 +253,14 @@ def _prune(work, original, config: OptimizationConfig, calibration, result: Opti
     else:
         prune_unstructured_(work, config.sparsity, config.prune_method == "unstructured-global", config.exclude)
     if config.bn_recalibration and calibration:
-        from .recover import recalibrate_bn_
+        from .recover import recalibrate_bn_if_better_
 
         yield "re-estimating BatchNorm statistics"
-        if recalibrate_bn_(work, calibration):
+        if recalibrate_bn_if_better_(work, original, calibration):
             result.methods.append("BatchNorm re-estimation")
+        else:
+            result.notes.append("BatchNorm re-estimation skipped: on the calibration images it moved the "
+                                "output further from the original's")
 
 
 def _int8(work, config: OptimizationConfig, calibration, result: OptimizedModel) -> Iterator[str]:

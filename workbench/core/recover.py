@@ -49,6 +49,31 @@ def recalibrate_bn_(model: nn.Module, calibration: Sequence[torch.Tensor]) -> in
     return len(bns)
 
 
+def _kl_to(reference: nn.Module, model: nn.Module, calibration: Sequence[torch.Tensor]) -> float:
+    total, n = 0.0, 0
+    with torch.no_grad(), running():
+        for batch in _batches(calibration):
+            p = F.softmax(reference(batch), 1).clamp_min(1e-12)
+            q = F.softmax(model(batch), 1).clamp_min(1e-12)
+            total += (p * (p.log() - q.log())).sum().item()
+            n += len(batch)
+    return total / n
+
+
+def recalibrate_bn_if_better_(model: nn.Module, reference: nn.Module, calibration: Sequence[torch.Tensor]) -> bool:
+    """Re-estimate BatchNorm statistics (in place) only if that brings the model's outputs
+    closer to ``reference``'s on the calibration images: from a handful of images the
+    re-estimated statistics can be worse than the original ones when little was pruned."""
+    saved = {k: v.clone() for k, v in model.state_dict().items() if "running_" in k}
+    before = _kl_to(reference, model, calibration)
+    if not recalibrate_bn_(model, calibration):
+        return False
+    if _kl_to(reference, model, calibration) < before:
+        return True
+    model.load_state_dict(saved, strict=False)
+    return False
+
+
 def mse_clip_scale(w: torch.Tensor, bits: int, grid: int = 20) -> torch.Tensor:
     """Per output channel, the symmetric scale whose rounding error ||W - Q(W)||^2 is
     smallest, searched over clipping ratios 0.5 .. 1.0 of the channel's max |w|."""

@@ -116,6 +116,7 @@ def measure_model(ws: Workspace, model, float_model, file_size: int, runs: int =
 def optimize_and_measure(ws: Workspace, config: OptimizationConfig) -> Iterator[str | Measured]:
     """Optimize the workspace's model for ``config`` and measure it (a generator)."""
     result = yield from relay(optimize_steps(ws.loaded.model, config, ws.calibration(), workdir=ws.out_dir))
+    yield result  # the window shows its predictions while the figures are measured
     yield "measuring latency and file size"
     _, size, _ = result.write_file(ws.out_dir, f"optimized-{abs(hash(config))}")
     figures = measure_model(ws, result.model, result.float_model, size)

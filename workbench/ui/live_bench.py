@@ -71,7 +71,7 @@ def bench_live(video: str, seconds: float, config: OptimizationConfig) -> dict:
     shown = w.live_stats["displayed"] - start["shown"]
     result = {
         "video": video, "seconds": round(elapsed, 2), "config": config.to_dict(),
-        "kernels": w.measured.optimized.kernels if w.measured else None,
+        "kernels": w.current.kernels if w.current else None,
         "source_fps": round(live.grabber.fps, 2),
         "read_fps": round(read / elapsed, 2),
         "display_fps": round(shown / elapsed, 2),

@@ -31,6 +31,7 @@ from ..core.config import BIT_STOPS, OptimizationConfig
 from ..core.live import LiveSession
 from ..core.measure import write_model_file
 from ..core.models import DEFAULT_MODEL, LoadedModel, available_models, load_model
+from ..core.optimize import OptimizedModel
 from ..core.session import (
     EvalProgress,
     Measured,
@@ -100,6 +101,7 @@ class MainWindow(QMainWindow):
         self.plots.point_clicked.connect(self._on_point_clicked)
         self.ws: Workspace | None = None
         self.measured: Measured | None = None
+        self.current: OptimizedModel | None = None  # the optimized model the pane runs
         self.shown_config: OptimizationConfig | None = None
         self.original_figures: tuple | None = None
         self.index = 0
@@ -350,6 +352,7 @@ class MainWindow(QMainWindow):
         self.stop_live()
         self.ws = ws
         self.measured = None
+        self.current = None
         self.shown_config = None
         self.plots.clear_points()
         self.setWindowTitle(f"Workbench: {ws.loaded.display_name} on {ws.source.name}")
@@ -406,7 +409,7 @@ class MainWindow(QMainWindow):
     def _infer(self) -> None:
         if self.ws is None or self.live is not None:
             return
-        optimized = self.measured.optimized.model if self.measured else None
+        optimized = self.current.model if self.current else None
         self.runner.submit("infer", self._infer_job, self.ws, self.index, optimized,
                            on_result=self._on_inferred, on_error=self._on_error)
 
@@ -427,8 +430,8 @@ class MainWindow(QMainWindow):
         self.original_pane.show_prediction(ref, classes, truth)
         if new is not None:
             self.optimized_pane.show_prediction(new, classes, truth, differs=new.top1 != ref.top1)
-            if self.shown_config != self.measured.optimized.config:
-                self.shown_config = self.measured.optimized.config
+            if self.shown_config != self.current.config:
+                self.shown_config = self.current.config
                 self.shown.emit(self.shown_config)
         self.plots.add_latency(ref.latency_ms, new.latency_ms if new else None)
 
@@ -436,7 +439,7 @@ class MainWindow(QMainWindow):
     def start_live(self) -> None:
         """Run the stream through both models at display rate (see core.live)."""
         ws = self.ws
-        optimized = self.measured.optimized.model if self.measured else None
+        optimized = self.current.model if self.current else None
         self.live = LiveSession(ws.source, ws.loaded.model, optimized, ws.loaded.preprocess,
                                 loop=self.loop_check.isChecked())
         self.live_stats = {"displayed": 0, "last_seq": 0}
@@ -479,9 +482,9 @@ class MainWindow(QMainWindow):
             self.live_stats["new_seq"] = new[0]
             self.optimized_pane.show_prediction(new[1], classes, None,
                                                 differs=ref is not None and new[1].top1 != ref[1].top1)
-            if self.measured and live.optimized.model is self.measured.optimized.model \
-                    and self.shown_config != self.measured.optimized.config:
-                self.shown_config = self.measured.optimized.config
+            if self.current and live.optimized.model is self.current.model \
+                    and self.shown_config != self.current.config:
+                self.shown_config = self.current.config
                 self.shown.emit(self.shown_config)
         self.original_pane.latency.setText(f"{live.original.rate():.1f} predictions/s · "
                                            f"{ref[1].latency_ms:.0f} ms" if ref else "")
@@ -525,15 +528,26 @@ class MainWindow(QMainWindow):
         except ValueError as exc:  # e.g. 4-bit activations asked of ONNX Runtime
             self._show_status(str(exc), error=True)
             return
-        if not force and self.measured and self.measured.optimized.config == config:
+        if not force and self.current and self.current.config == config:
             return
         self.runner.cancel("evaluate")
         self.runner.submit("optimize", optimize_and_measure, self.ws, config, on_result=self._on_optimized,
                            on_progress=self._on_progress, on_error=self._on_error)
 
+    def _on_model_ready(self, opt: OptimizedModel) -> None:
+        """The optimized model exists: show its predictions now; figures follow."""
+        self.current = opt
+        self.optimized_pane.setTitle(f"Optimized: {opt.config.label()}")
+        self.optimized_pane.what.setText(f"{opt.description}\nkernels: {opt.kernels}  ·  measuring…")
+        if self.live is not None:
+            self.live.set_optimized(opt.model)
+        self._infer()
+
     def _on_optimized(self, measured: Measured) -> None:
         self.measured = measured
         opt = measured.optimized
+        if self.current is not opt:
+            self._on_model_ready(opt)
         self.optimized_pane.setTitle(f"Optimized: {opt.config.label()}")
         self.optimized_pane.what.setText(f"{opt.description}\nkernels: {opt.kernels}  ·  "
                                          f"median {measured.latency_ms:.1f} ms  ·  {measured.size_bytes / 1e6:.2f} MB")
@@ -546,9 +560,6 @@ class MainWindow(QMainWindow):
             self.layers.show_sensitivity(opt.sensitivity["layers"], opt.sensitivity["probe"])
         names = [n for n, m in opt.float_model.named_modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
         self.layers.show_allocation(opt.allocation, names)
-        if self.live is not None:
-            self.live.set_optimized(opt.model)
-        self._infer()
         if not self.runner.busy("read"):
             self._start_evaluation()
 
@@ -602,7 +613,9 @@ class MainWindow(QMainWindow):
 
     # status ------------------------------------------------------------------
     def _on_progress(self, step) -> None:
-        if isinstance(step, str):
+        if isinstance(step, OptimizedModel):
+            self._on_model_ready(step)
+        elif isinstance(step, str):
             self.status_text.setText(step)
             m = re.search(r"(\d+)/(\d+)", step)
             if m:
