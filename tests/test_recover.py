@@ -124,3 +124,21 @@ def test_json_says_which_methods_ran(tiny, tiny_inputs):
     assert {"MSE-optimal clipping", "bias correction", "mixed precision from sensitivity"} <= set(best.methods)
     naive = optimize(tiny, OptimizationConfig(bits=4, quant_scheme="weights").naive(), tiny_inputs)
     assert naive.methods == []
+
+
+def test_gptq_rounding_lands_on_the_grid_and_beats_nearest_on_outputs():
+    from workbench.core.recover import gptq_
+
+    torch.manual_seed(0)
+    layer = nn.Linear(32, 16, bias=False)
+    x = torch.randn(512, 8) @ torch.randn(8, 32) + 0.1 * torch.randn(512, 32)
+    hessian = (x.t() @ x).double() / len(x)
+    scale = mse_clip_scale(layer.weight, 3).reshape(-1)
+    g, n = copy.deepcopy(layer), copy.deepcopy(layer)
+    gptq_(g.weight, hessian, 3, scale)
+    with torch.no_grad():
+        n.weight.copy_(torch.clamp(torch.round(n.weight / scale[:, None]), -3, 3) * scale[:, None])
+        codes = g.weight / scale[:, None]
+        assert torch.allclose(codes, codes.round(), atol=1e-4) and codes.abs().max() <= 3 + 1e-4
+        ref = layer(x)
+        assert ((g(x) - ref) ** 2).mean() < 0.7 * ((n(x) - ref) ** 2).mean()

@@ -9,7 +9,7 @@ QUANT_SCHEMES = ("weights", "weights-activations")
 BIT_STOPS = (2, 3, 4, 5, 6, 7, 8, 16, 32)
 RUNTIMES = ("torch", "onnxruntime")
 DEVICES = ("cpu", "cuda")
-ROUNDINGS = ("nearest", "mse")
+ROUNDINGS = ("nearest", "mse", "gptq")
 ALLOCATIONS = ("uniform", "sensitivity")
 CONFIG_VERSION = 1
 
@@ -37,7 +37,8 @@ class OptimizationConfig:
     device: where the optimized model runs: "cpu", or "cuda" (float and 16-bit only).
     bn_recalibration: re-estimate BatchNorm statistics after pruning.
     bias_correction: remove the mean output shift caused by rounding weights.
-    rounding: "nearest" (max-abs scale) or "mse" (per-channel clipping that minimises error).
+    rounding: "nearest" (max-abs scale), "mse" (per-channel clipping that minimises error), or
+        "gptq" (MSE clipping, plus GPTQ's error feedback on 1x1 convolutions and linear layers).
     allocation: "sensitivity": a bit width below 8 is distributed over the layers by measured
         sensitivity (mixed precision, the same mean bits); "uniform": one bit width for all.
     layer_bits: per-layer bit widths that override everything else, as (name, bits) pairs.

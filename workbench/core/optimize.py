@@ -151,6 +151,10 @@ def prune_per_layer_(model: nn.Module, sparsity: dict[str, float]) -> None:
                 w.mul_(w.abs() > threshold)
 
 
+def _is_pointwise(m: nn.Module) -> bool:
+    return isinstance(m, nn.Linear) or (m.groups == 1 and m.kernel_size == (1, 1))
+
+
 def prune_obs_(model: nn.Module, sparsity: float, calibration, exclude: Sequence[str],
                result: OptimizedModel) -> Iterator[str]:
     """Prune the 1x1 convolutions and linear layers at one rate, chosen so that the zeros
@@ -160,8 +164,7 @@ def prune_obs_(model: nn.Module, sparsity: float, calibration, exclude: Sequence
     from .recover import layer_hessians, sparsegpt_
 
     every = prunable_layers(model, exclude)
-    layers = {n: m for n, m in every.items()
-              if isinstance(m, nn.Linear) or (m.groups == 1 and m.kernel_size == (1, 1))}
+    layers = {n: m for n, m in every.items() if _is_pointwise(m)}
     total = sum(m.weight.numel() for m in every.values())
     size = sum(m.weight.numel() for m in layers.values())
     rate = min(0.95, sparsity * total / max(size, 1))
@@ -300,8 +303,21 @@ def _simulated_bits(work, original, config: OptimizationConfig, calibration, res
 
         yield "measuring layer inputs for bias correction"
         means = input_means(work, {n: layers[n] for n in bits}, calibration)
-    simulate_weight_quant_(work, bits, config.per_channel, config.rounding)
-    if config.rounding == "mse" and config.bits < 8:
+    gptq_layers = {}
+    if config.rounding == "gptq" and config.per_channel and calibration:
+        gptq_layers = {n: layers[n] for n, b in bits.items() if b < 8 and _is_pointwise(layers[n])}
+    if gptq_layers:
+        from .recover import gptq_, layer_hessians, mse_clip_scale
+
+        yield "collecting layer inputs for GPTQ"
+        hessians = layer_hessians(work, gptq_layers, calibration)
+        for i, (name, m) in enumerate(gptq_layers.items()):
+            gptq_(m.weight, hessians[name], bits[name], mse_clip_scale(m.weight, bits[name]).reshape(-1))
+            yield f"GPTQ rounding: {i + 1}/{len(gptq_layers)} layers"
+        result.methods.append("GPTQ rounding")
+    rest = {n: b for n, b in bits.items() if n not in gptq_layers}
+    simulate_weight_quant_(work, rest, config.per_channel, "nearest" if config.rounding == "nearest" else "mse")
+    if config.rounding != "nearest" and config.bits < 8:
         result.methods.append("MSE-optimal clipping")
     if means is not None:
         from .recover import bias_correct_

@@ -246,3 +246,39 @@ def sparsegpt_(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float, blo
     W[W.abs() < torch.finfo(torch.float32).tiny] = 0.0  # no subnormal weights
     with torch.no_grad():
         weight.copy_(W.reshape(shape))
+
+
+def gptq_(weight: torch.Tensor, hessian: torch.Tensor, bits: int, scale: torch.Tensor, block: int = 128,
+          damp: float = 0.01) -> None:
+    """Round ``weight`` (out x in[, 1, 1]) to ``bits`` with per-channel ``scale``, column by
+    column, pushing each column's rounding error onto the columns not yet rounded through
+    the inverse Hessian of the layer's inputs: GPTQ (Frantar et al., "GPTQ: Accurate
+    Post-Training Quantization for Generative Pre-trained Transformers", ICLR 2023)."""
+    shape = weight.shape
+    qmax = 2 ** (bits - 1) - 1
+    s = scale.reshape(-1, 1).double()
+    W = weight.detach().reshape(shape[0], -1).double().clone()
+    H = hessian.clone()
+    dead = torch.diag(H) == 0
+    H[dead, dead] = 1
+    W[:, dead] = 0
+    H += damp * torch.diag(H).mean() * torch.eye(H.shape[0], dtype=H.dtype)
+    Hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
+    cols = W.shape[1]
+    for i1 in range(0, cols, block):
+        i2 = min(i1 + block, cols)
+        W1 = W[:, i1:i2].clone()
+        Q1 = torch.zeros_like(W1)
+        Err1 = torch.zeros_like(W1)
+        Hinv1 = Hinv[i1:i2, i1:i2]
+        for i in range(i2 - i1):
+            w = W1[:, i]
+            q = torch.clamp(torch.round(w / s[:, 0]), -qmax, qmax) * s[:, 0]
+            Q1[:, i] = q
+            err = (w - q) / Hinv1[i, i]
+            W1[:, i:] -= err[:, None] @ Hinv1[i, i:][None, :]
+            Err1[:, i] = err
+        W[:, i1:i2] = Q1
+        W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
+    with torch.no_grad():
+        weight.copy_(W.reshape(shape).float())
