@@ -24,6 +24,10 @@ def _compare_parser(sub) -> None:
                    help="unstructured-global: one magnitude threshold (default); unstructured: magnitude per layer; "
                         "unstructured-obs: SparseGPT reconstruction; unstructured-sensitivity: per-layer sparsity "
                         "from measured sensitivity; structured: channels")
+    p.add_argument("--rounding", choices=["nearest", "mse", "gptq"], default="mse",
+                   help="low-bit weight rounding (default: %(default)s)")
+    p.add_argument("--allocation", choices=["uniform", "sensitivity"], default="sensitivity",
+                   help="bit widths below 8 per layer from sensitivity (default) or one width for all")
     p.add_argument("--naive", action="store_true",
                    help="none of the accuracy-keeping methods (BatchNorm re-estimation, bias correction, "
                         "MSE clipping, sensitivity allocation, reconstruction)")
@@ -104,6 +108,7 @@ def run_compare(args) -> int:
         config = OptimizationConfig(sparsity=args.sparsity, prune_method=args.prune_method, bits=args.bits,
                                     quant_scheme=scheme, per_channel=not args.per_tensor,
                                     exclude=tuple(args.exclude), runtime=args.runtime, round_to=args.round_to,
+                                    rounding=args.rounding, allocation=args.allocation,
                                     device=args.device)
         if args.naive:
             config = config.naive()
