@@ -83,6 +83,8 @@ def _table(report: dict) -> str:
              f"{'':{width}}  {'original':>24}  {'optimized':>24}"]
     lines += [f"{a:{width}}  {b:>24}  {c:>24}" for a, b, c in rows]
     lines.append(f"what ran: {q['description']}")
+    if q.get("methods"):
+        lines.append("accuracy methods: " + ", ".join(q["methods"]))
     lines += [f"note: {n}" for n in q["notes"]]
     if report["skipped"]:
         lines.append(f"skipped {len(report['skipped'])} unreadable file(s):")

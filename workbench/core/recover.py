@@ -205,6 +205,18 @@ def layer_hessians(model: nn.Module, layers: dict[str, nn.Module],
     return {n: acc[n] / counts[n] for n in acc}
 
 
+def _obs_setup(weight: torch.Tensor, hessian: torch.Tensor, damp: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The weight as an (out x in) float64 matrix, and the upper Cholesky factor of the
+    dampened inverse Hessian (inputs that never fire get their weights zeroed)."""
+    W = weight.detach().reshape(weight.shape[0], -1).double().clone()
+    H = hessian.clone()
+    dead = torch.diag(H) == 0
+    H[dead, dead] = 1
+    W[:, dead] = 0
+    H += damp * torch.diag(H).mean() * torch.eye(H.shape[0], dtype=H.dtype)
+    return W, torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
+
+
 def sparsegpt_(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float, block: int = 128,
                damp: float = 0.01) -> None:
     """Prune ``weight`` (out x in, or out x in x 1 x 1) to ``sparsity`` in place and update the
@@ -213,13 +225,7 @@ def sparsegpt_(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float, blo
     Accurately Pruned in One-Shot", ICML 2023), itself the Optimal Brain Surgeon update of
     OBC (Frantar & Alistarh, NeurIPS 2022)."""
     shape = weight.shape
-    W = weight.detach().reshape(shape[0], -1).double().clone()
-    H = hessian.clone()
-    dead = torch.diag(H) == 0
-    H[dead, dead] = 1
-    W[:, dead] = 0
-    H += damp * torch.diag(H).mean() * torch.eye(H.shape[0], dtype=H.dtype)
-    Hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
+    W, Hinv = _obs_setup(weight, hessian, damp)
     cols = W.shape[1]
     for i1 in range(0, cols, block):
         i2 = min(i1 + block, cols)
@@ -257,13 +263,7 @@ def gptq_(weight: torch.Tensor, hessian: torch.Tensor, bits: int, scale: torch.T
     shape = weight.shape
     qmax = 2 ** (bits - 1) - 1
     s = scale.reshape(-1, 1).double()
-    W = weight.detach().reshape(shape[0], -1).double().clone()
-    H = hessian.clone()
-    dead = torch.diag(H) == 0
-    H[dead, dead] = 1
-    W[:, dead] = 0
-    H += damp * torch.diag(H).mean() * torch.eye(H.shape[0], dtype=H.dtype)
-    Hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
+    W, Hinv = _obs_setup(weight, hessian, damp)
     cols = W.shape[1]
     for i1 in range(0, cols, block):
         i2 = min(i1 + block, cols)
