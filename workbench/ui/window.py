@@ -353,6 +353,7 @@ class MainWindow(QMainWindow):
         self.ws = ws
         self.measured = None
         self.current = None
+        self.original_figures = None
         self.shown_config = None
         self.plots.clear_points()
         self.setWindowTitle(f"Workbench: {ws.loaded.display_name} on {ws.source.name}")
