@@ -162,3 +162,21 @@ def test_data_driven_pruning_hits_the_global_sparsity(tiny, tiny_inputs, method)
     zeros = sum((w == 0).sum().item() for w in ws) / sum(w.numel() for w in ws)
     assert zeros == pytest.approx(0.4, abs=0.03)
     assert result.allocation["sparsity"] and result.methods
+
+
+def test_packed_file_reproduces_gptq_weights(tiny, tiny_inputs, tmp_path):
+    result = optimize(tiny, OptimizationConfig(bits=3, quant_scheme="weights", rounding="gptq",
+                                               allocation="uniform", bias_correction=False), tiny_inputs)
+    assert "GPTQ rounding" in result.methods and result.scales
+    arrays = packed_state(result.float_model, result.quant_bits, scales=result.scales)
+    for name in result.scales:
+        w = dict(result.float_model.named_modules())[name].weight.detach()
+        key = f"{name}.weight"
+        mask = np.ones(w.numel(), bool)
+        if f"{key}:mask" in arrays:  # rounding left enough zeros for the sparse encoding
+            mask = np.unpackbits(arrays[f"{key}:mask"])[: w.numel()].astype(bool)
+        codes = np.zeros(w.numel())
+        codes[mask] = unpack_codes(arrays[f"{key}:q3"], 3, int(mask.sum()))
+        codes = codes.reshape(w.shape[0], -1)
+        back = codes * arrays[f"{name}.weight:scale"][:, None]
+        np.testing.assert_allclose(back, w.reshape(w.shape[0], -1).numpy(), rtol=1e-5, atol=1e-6)

@@ -194,9 +194,12 @@ def unpack_codes(packed: np.ndarray, bits: int, count: int) -> np.ndarray:
     return (planes << np.arange(bits)).sum(1) - (1 << (bits - 1))
 
 
-def packed_state(model: nn.Module, quant_bits: dict[str, int], per_channel: bool = True) -> dict[str, np.ndarray]:
+def packed_state(model: nn.Module, quant_bits: dict[str, int], per_channel: bool = True,
+                 scales: dict[str, torch.Tensor] | None = None) -> dict[str, np.ndarray]:
     """Arrays of the packed file: quantized weights as ``bits``-bit codes plus scales,
-    weights with many zeros as a bit mask plus their non-zero values; the rest float32."""
+    weights with many zeros as a bit mask plus their non-zero values; the rest float32.
+    ``scales`` gives a layer's per-channel scale where the rounding chose it (GPTQ);
+    otherwise it is each channel's largest weight over the largest code."""
     arrays: dict[str, np.ndarray] = {}
     modules = dict(model.named_modules())
     for key, tensor in model.state_dict().items():
@@ -211,7 +214,11 @@ def packed_state(model: nn.Module, quant_bits: dict[str, int], per_channel: bool
         if sparse:
             arrays[f"{key}:mask"] = np.packbits(mask.numpy())
         if bits <= 8:
-            codes, scale = fake_quantize_weight(tensor.detach().float(), bits, per_channel)
+            if scales and layer in scales:
+                scale = scales[layer].reshape(-1, *([1] * (tensor.dim() - 1)))
+                codes = torch.round(tensor.detach().float() / scale)
+            else:
+                codes, scale = fake_quantize_weight(tensor.detach().float(), bits, per_channel)
             codes = codes.reshape(-1)
             values = codes[mask] if sparse else codes
             arrays[f"{key}:q{bits}"] = _pack_codes(values.numpy().astype(np.int64), bits)
@@ -252,14 +259,15 @@ def load_packed(path: Path) -> dict[str, np.ndarray]:
 
 
 def write_model_file(path: Path, model: nn.Module, *, quant_bits: dict[str, int] | None = None,
-                     per_channel: bool = True, sparse: bool = False) -> tuple[int, str]:
+                     per_channel: bool = True, sparse: bool = False,
+                     scales: dict[str, torch.Tensor] | None = None) -> tuple[int, str]:
     """Write ``model`` to ``path`` the way it would be shipped; returns (bytes, format).
 
     A dense float or real-int8 model is a ``torch.save`` state dict; simulated low bit
     widths and pruned weights go to the packed format (an uncompressed ``.npz``)."""
     path = Path(path)
     if quant_bits or sparse:
-        save_packed(path, packed_state(model, quant_bits or {}, per_channel))
+        save_packed(path, packed_state(model, quant_bits or {}, per_channel, scales))
         fmt = PACKED_FORMAT
     elif isinstance(model, torch.jit.ScriptModule):
         model.save(str(path))

@@ -65,6 +65,7 @@ class OptimizedModel:
     methods: list[str] = field(default_factory=list)  # the accuracy-keeping methods that ran
     allocation: dict[str, dict[str, float]] = field(default_factory=dict)  # per-layer sparsity / bits
     sensitivity: dict = field(default_factory=dict)  # {"probe": str, "layers": {name: LayerSensitivity}}
+    scales: dict[str, torch.Tensor] = field(default_factory=dict)  # per-channel scales chosen by GPTQ
     file: Path | None = None  # the deployable file, when the runtime needed one (ONNX)
 
     @property
@@ -83,7 +84,7 @@ class OptimizedModel:
         if cfg.simulated or sparse:
             path = Path(folder) / f"{name}.wbpack"
             size, fmt = write_model_file(path, self.float_model, quant_bits=self.quant_bits,
-                                         per_channel=cfg.per_channel, sparse=sparse)
+                                         per_channel=cfg.per_channel, sparse=sparse, scales=self.scales)
         else:
             path = Path(folder) / f"{name}.pt"
             size, fmt = write_model_file(path, self.model)
@@ -312,7 +313,8 @@ def _simulated_bits(work, original, config: OptimizationConfig, calibration, res
         yield "collecting layer inputs for GPTQ"
         hessians = layer_hessians(work, gptq_layers, calibration)
         for i, (name, m) in enumerate(gptq_layers.items()):
-            gptq_(m.weight, hessians[name], bits[name], mse_clip_scale(m.weight, bits[name]).reshape(-1))
+            result.scales[name] = mse_clip_scale(m.weight, bits[name]).reshape(-1)
+            gptq_(m.weight, hessians[name], bits[name], result.scales[name])
             yield f"GPTQ rounding: {i + 1}/{len(gptq_layers)} layers"
         result.methods.append("GPTQ rounding")
     rest = {n: b for n, b in bits.items() if n not in gptq_layers}
