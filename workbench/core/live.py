@@ -8,6 +8,7 @@ cores instead of over-subscribing them.
 
 from __future__ import annotations
 
+import gc
 import sys
 import threading
 import time
@@ -192,6 +193,10 @@ class LiveSession:
         # hand the GIL over sooner, so the GUI thread's timers fire on time
         self._switch_before = sys.getswitchinterval()
         sys.setswitchinterval(0.001)
+        # a full garbage collection walks every object of torch and Qt (over 200 ms here):
+        # move what exists now out of its reach for the stream's duration
+        gc.collect()
+        gc.freeze()
         self.grabber.start()
         self.original.start()
         self.optimized.start()
@@ -214,6 +219,7 @@ class LiveSession:
 
             torch.set_num_threads(self._threads_before)
             sys.setswitchinterval(self._switch_before)
+            gc.unfreeze()
         return not any(t.is_alive() for t in (self.grabber, self.original, self.optimized))
 
     @property
