@@ -69,7 +69,7 @@ def model_report(model, float_model, batch: Batch, preds: Predictions, file: tup
     macs = count_macs(float_model, batch.inputs[0]) or None
     return {"top1": top1, "top5": top5, "latency_ms": latency.to_dict(), "size_bytes": size,
             "file": str(file_path), "file_format": fmt, "params": params, "nonzero_params": nonzero,
-            "macs": macs, "peak_memory_bytes": peak_rss_bytes(),
+            "macs": macs, "peak_process_memory_bytes": peak_rss_bytes(),
             "inference_memory": inference_memory(model, batch.inputs[0])}
 
 

@@ -264,7 +264,7 @@ def write_model_file(path: Path, model: nn.Module, *, quant_bits: dict[str, int]
     """Write ``model`` to ``path`` the way it would be shipped; returns (bytes, format).
 
     A dense float or real-int8 model is a ``torch.save`` state dict; simulated low bit
-    widths and pruned weights go to the packed format (an uncompressed ``.npz``)."""
+    widths and pruned weights go to the packed format (see :func:`save_packed`)."""
     path = Path(path)
     if quant_bits or sparse:
         save_packed(path, packed_state(model, quant_bits or {}, per_channel, scales))

@@ -205,27 +205,22 @@ def layer_hessians(model: nn.Module, layers: dict[str, nn.Module],
     return {n: acc[n] / counts[n] for n in acc}
 
 
-def _obs_setup(weight: torch.Tensor, hessian: torch.Tensor, damp: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """The weight as an (out x in) float64 matrix, and the upper Cholesky factor of the
-    dampened inverse Hessian (inputs that never fire get their weights zeroed)."""
-    W = weight.detach().reshape(weight.shape[0], -1).double().clone()
+def _obs_sweep_(weight: torch.Tensor, hessian: torch.Tensor, compress, block: int = 128,
+                damp: float = 0.01) -> None:
+    """The column sweep shared by SparseGPT and GPTQ, in place on ``weight`` (out x in[, 1, 1]).
+
+    ``compress(W1, Hinv1)`` is called for each block of columns and returns ``f(i, w)``,
+    which gives column ``i``'s compressed values; each column's error is pushed onto the
+    columns not yet compressed through the upper Cholesky factor of the dampened inverse
+    Hessian (the Optimal Brain Surgeon update). Inputs that never fire get zero weights."""
+    shape = weight.shape
+    W = weight.detach().reshape(shape[0], -1).double().clone()
     H = hessian.clone()
     dead = torch.diag(H) == 0
     H[dead, dead] = 1
     W[:, dead] = 0
     H += damp * torch.diag(H).mean() * torch.eye(H.shape[0], dtype=H.dtype)
-    return W, torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
-
-
-def sparsegpt_(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float, block: int = 128,
-               damp: float = 0.01) -> None:
-    """Prune ``weight`` (out x in, or out x in x 1 x 1) to ``sparsity`` in place and update the
-    remaining weights to compensate, column by column, with the inverse Hessian of the layer's
-    inputs: SparseGPT (Frantar & Alistarh, "SparseGPT: Massive Language Models Can Be
-    Accurately Pruned in One-Shot", ICML 2023), itself the Optimal Brain Surgeon update of
-    OBC (Frantar & Alistarh, NeurIPS 2022)."""
-    shape = weight.shape
-    W, Hinv = _obs_setup(weight, hessian, damp)
+    Hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
     cols = W.shape[1]
     for i1 in range(0, cols, block):
         i2 = min(i1 + block, cols)
@@ -233,17 +228,12 @@ def sparsegpt_(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float, blo
         Q1 = torch.zeros_like(W1)
         Err1 = torch.zeros_like(W1)
         Hinv1 = Hinv[i1:i2, i1:i2]
-        score = W1 ** 2 / torch.diag(Hinv1).reshape(1, -1) ** 2
-        k = int(score.numel() * sparsity)
-        mask = torch.zeros_like(W1, dtype=torch.bool)
-        if k:
-            mask.view(-1)[score.flatten().topk(k, largest=False).indices] = True
+        column = compress(W1, Hinv1)
         for i in range(i2 - i1):
             w = W1[:, i]
-            d = Hinv1[i, i]
-            q = torch.where(mask[:, i], torch.zeros_like(w), w)
+            q = column(i, w)
             Q1[:, i] = q
-            err = (w - q) / d
+            err = (w - q) / Hinv1[i, i]
             W1[:, i:] -= err[:, None] @ Hinv1[i, i:][None, :]
             Err1[:, i] = err
         W[:, i1:i2] = Q1
@@ -254,31 +244,32 @@ def sparsegpt_(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float, blo
         weight.copy_(W.reshape(shape))
 
 
+def sparsegpt_(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float, block: int = 128,
+               damp: float = 0.01) -> None:
+    """Prune ``weight`` (out x in, or out x in x 1 x 1) to ``sparsity`` in place and update the
+    remaining weights to compensate, column by column, with the inverse Hessian of the layer's
+    inputs: SparseGPT (Frantar & Alistarh, "SparseGPT: Massive Language Models Can Be
+    Accurately Pruned in One-Shot", ICML 2023), itself the Optimal Brain Surgeon update of
+    OBC (Frantar & Alistarh, NeurIPS 2022). The mask is chosen per block of columns."""
+
+    def compress(W1, Hinv1):
+        score = W1 ** 2 / torch.diag(Hinv1).reshape(1, -1) ** 2
+        k = int(score.numel() * sparsity)
+        mask = torch.zeros_like(W1, dtype=torch.bool)
+        if k:
+            mask.view(-1)[score.flatten().topk(k, largest=False).indices] = True
+        return lambda i, w: torch.where(mask[:, i], torch.zeros_like(w), w)
+
+    _obs_sweep_(weight, hessian, compress, block, damp)
+
+
 def gptq_(weight: torch.Tensor, hessian: torch.Tensor, bits: int, scale: torch.Tensor, block: int = 128,
           damp: float = 0.01) -> None:
     """Round ``weight`` (out x in[, 1, 1]) to ``bits`` with per-channel ``scale``, column by
     column, pushing each column's rounding error onto the columns not yet rounded through
     the inverse Hessian of the layer's inputs: GPTQ (Frantar et al., "GPTQ: Accurate
     Post-Training Quantization for Generative Pre-trained Transformers", ICLR 2023)."""
-    shape = weight.shape
     qmax = 2 ** (bits - 1) - 1
-    s = scale.reshape(-1, 1).double()
-    W, Hinv = _obs_setup(weight, hessian, damp)
-    cols = W.shape[1]
-    for i1 in range(0, cols, block):
-        i2 = min(i1 + block, cols)
-        W1 = W[:, i1:i2].clone()
-        Q1 = torch.zeros_like(W1)
-        Err1 = torch.zeros_like(W1)
-        Hinv1 = Hinv[i1:i2, i1:i2]
-        for i in range(i2 - i1):
-            w = W1[:, i]
-            q = torch.clamp(torch.round(w / s[:, 0]), -qmax, qmax) * s[:, 0]
-            Q1[:, i] = q
-            err = (w - q) / Hinv1[i, i]
-            W1[:, i:] -= err[:, None] @ Hinv1[i, i:][None, :]
-            Err1[:, i] = err
-        W[:, i1:i2] = Q1
-        W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
-    with torch.no_grad():
-        weight.copy_(W.reshape(shape).float())
+    s = scale.reshape(-1).double()
+    _obs_sweep_(weight, hessian, lambda W1, Hinv1: lambda i, w: torch.clamp(torch.round(w / s), -qmax, qmax) * s,
+                block, damp)

@@ -143,6 +143,10 @@ class Plots(QObject):
             return
         self._dirty = False
         x = np.array(self.frame_no, dtype=float)
+        if len(x) < 2:  # one point: give the axis a sensible span instead of +-0.5
+            self.latency.setXRange(0, 10)
+        else:
+            self.latency.enableAutoRange(x=True)
         for key, curve in self.lat_curves.items():
             curve.setData(x, np.array(self.lat[key], dtype=float), connect="finite")
         self.rss_curve.setData(np.array(self.rss_t), np.array(self.rss_mb))
