@@ -132,12 +132,7 @@ def prune_unstructured_(model: nn.Module, sparsity: float, global_: bool, exclud
             for m in layers.values():
                 m.weight.mul_(m.weight.abs() > threshold)
         else:
-            for m in layers.values():
-                w = m.weight
-                k = int(sparsity * w.numel())
-                if k:
-                    threshold = w.abs().flatten().kthvalue(k).values
-                    w.mul_(w.abs() > threshold)
+            prune_per_layer_(model, {n: sparsity for n in layers})
 
 
 def prune_per_layer_(model: nn.Module, sparsity: dict[str, float]) -> None:

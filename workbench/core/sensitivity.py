@@ -45,14 +45,12 @@ def first_and_last(model: nn.Module) -> tuple[str, str]:
     return names[0], names[-1]
 
 
-def _probe_(module: nn.Module, kind: str, value: float, name: str) -> None:
+def _probe_(module: nn.Module, kind: str, value: float) -> None:
     with torch.no_grad():
         if kind == "prune":
-            w = module.weight
-            k = int(value * w.numel())
-            if k:
-                threshold = w.abs().flatten().kthvalue(k).values
-                w.mul_(w.abs() > threshold)
+            from .optimize import prune_per_layer_
+
+            prune_per_layer_(module, {"": value})
         else:
             simulate_weight_quant_(module, {"": int(value)}, rounding="mse")
 
@@ -76,7 +74,7 @@ def sensitivity_steps(model: nn.Module, calibration: Sequence[torch.Tensor], kin
     for i, (name, module) in enumerate(layers.items()):
         saved = module.weight.detach().clone()
         try:
-            _probe_(module, kind, value, name)
+            _probe_(module, kind, value)
             with torch.no_grad(), running():
                 probs = F.softmax(model(batch), 1)
         finally:
