@@ -1,6 +1,6 @@
 """Start the Workbench window."""
 
-from workbench.app import main
+from workbench.cli import gui_main
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(gui_main())

@@ -41,14 +41,14 @@ def main() -> int:
     w.show()
     wait(app, lambda: w.findChild(type(w.status_text), "optimizedTop1").text() not in ("", "…"))
     first = time.monotonic() - start
-    w.bits_slider.setValue(BIT_STOPS.index(args.bits))
-    w.sparsity_slider.setValue(args.sparsity)
+    w.panel.bits_slider.setValue(BIT_STOPS.index(args.bits))
+    w.panel.sparsity_slider.setValue(args.sparsity)
     released = time.monotonic()
     wait(app, lambda: w.shown_config is not None and w.shown_config.bits == args.bits
          and round(w.shown_config.sparsity * 100) == args.sparsity)
     ready = time.monotonic() - released
     wait(app, lambda: not w.runner.busy("evaluate"))
-    w.show_frame(1)
+    w.controller.show_frame(1)
     wait(app, lambda: not w.runner.busy("infer"))
     for _ in range(30):
         app.processEvents()

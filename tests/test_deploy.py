@@ -24,7 +24,7 @@ def test_onnxruntime_int8_runs_and_stays_close(tiny, tiny_inputs, tmp_path):
         ref = torch.cat([tiny(x) for x in tiny_inputs])
         out = torch.cat([result.model(x) for x in tiny_inputs])
     assert (ref.argmax(1) == out.argmax(1)).float().mean() >= 0.75
-    assert torch.allclose(ref, out, atol=0.15 * ref.abs().max().item())
+    assert (ref - out).abs().mean() <= 0.05 * ref.abs().max()
 
 
 def test_pruned_model_runs_in_onnxruntime(tiny, tiny_inputs, tmp_path):

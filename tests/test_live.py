@@ -37,14 +37,14 @@ def test_window_live_mode_swaps_model_and_shuts_down_cleanly(qtbot, video):
     w = build_window(source=str(video))
     qtbot.addWidget(w)
     w.show()
-    qtbot.waitUntil(lambda: w.live is not None and w.live_stats["displayed"] > 5, timeout=LONG)
+    qtbot.waitUntil(lambda: w.live is not None and w.live_display.stats["displayed"] > 5, timeout=LONG)
     qtbot.waitUntil(lambda: w.live.original.count > 0 and w.live.optimized.count > 0, timeout=LONG)
     live = w.live
     w.findChild(QSlider, "bitsSlider").setValue(BIT_STOPS.index(8))
     qtbot.waitUntil(lambda: w.shown_config is not None and w.shown_config.bits == 8, timeout=LONG)
     assert w.live is live and live.grabber.is_alive()  # swapped without stopping the stream
-    shown = w.live_stats["displayed"]
-    qtbot.waitUntil(lambda: w.live_stats["displayed"] > shown, timeout=LONG)
+    shown = w.live_display.stats["displayed"]
+    qtbot.waitUntil(lambda: w.live_display.stats["displayed"] > shown, timeout=LONG)
     source = w.ws.source
     w.close()
     assert not any(t.is_alive() for t in live.threads)

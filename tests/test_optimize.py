@@ -75,7 +75,8 @@ def test_int8_runs_on_quantized_kernels_and_stays_close(tiny, tiny_inputs):
     with torch.no_grad():
         ref = torch.cat([tiny(x) for x in tiny_inputs])
         out = torch.cat([result.model(x) for x in tiny_inputs])
-    assert torch.allclose(ref, out, atol=0.1 * ref.abs().max().item())
+    assert (ref.argmax(1) == out.argmax(1)).float().mean() >= 0.75
+    assert (ref - out).abs().mean() <= 0.05 * ref.abs().max()
 
 
 def test_relu6_stays_relu6_in_int8():

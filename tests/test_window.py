@@ -86,13 +86,13 @@ def test_clicking_a_tradeoff_point_restores_its_configuration(qtbot, window):
 
 def test_a_failing_worker_does_not_kill_the_window(qtbot, window, monkeypatch):
     _wait_for_predictions(qtbot, window)
-    import workbench.ui.window as win
+    import workbench.core.session as session
 
     def boom(*_):
         raise RuntimeError("kernel exploded")
         yield  # pragma: no cover
 
-    monkeypatch.setattr(win, "optimize_and_measure", boom)
+    monkeypatch.setattr(session, "optimize_and_measure", boom)
     window.findChild(QSlider, "bitsSlider").setValue(BIT_STOPS.index(4))
     qtbot.waitUntil(lambda: "kernel exploded" in window.status_text.text(), timeout=LONG)
     monkeypatch.undo()
@@ -120,7 +120,7 @@ def test_folder_with_a_corrupt_image_reports_it(qtbot, window, tmp_path):
 
 
 def test_layers_view_sensitivity_overrides_and_recovery(qtbot, window, monkeypatch):
-    import workbench.ui.window as win
+    import workbench.ui.controller as controller
 
     _wait_for_predictions(qtbot, window)
     layers = window.layers
@@ -134,7 +134,7 @@ def test_layers_view_sensitivity_overrides_and_recovery(qtbot, window, monkeypat
     layers.set_layer_bits(layers.names[6], 6)
     qtbot.waitUntil(lambda: window.shown_config is not None and name in window.shown_config.exclude, timeout=LONG)
     assert dict(window.shown_config.layer_bits) == {layers.names[6]: 6}
-    monkeypatch.setattr(win, "RECOVER_SECONDS", 2.0)
+    monkeypatch.setattr(controller, "RECOVER_SECONDS", 2.0)
     layers.recover_button.click()
     qtbot.waitUntil(lambda: any("distillation" in m for m in window.measured.optimized.methods), timeout=LONG)
     layers.clear_overrides()

@@ -1,4 +1,4 @@
-"""Start the window: ``python main.py`` or the ``workbench`` script."""
+"""Start the window: ``python main.py``, ``make run`` or the ``workbench`` launcher."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import sys
 
 
 def run(model: str | None = None, source: str | None = None) -> int:
+    """Open the window. It paints before torch is imported: the model loads in its first job."""
     from PySide6.QtWidgets import QApplication
 
     from .ui import build_window
@@ -15,9 +16,3 @@ def run(model: str | None = None, source: str | None = None) -> int:
     window = build_window(model=model, source=source)
     window.show()
     return app.exec()
-
-
-def main() -> int:
-    from .cli import main as cli_main
-
-    return cli_main(sys.argv[1:])

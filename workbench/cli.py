@@ -8,8 +8,30 @@ import sys
 from pathlib import Path
 
 
+def _choices(table) -> tuple[list[str], str]:
+    return list(table), "; ".join(f"{m.key}: {m.help}" for m in table.values())
+
+
+def _optimization_options(p) -> None:
+    """The options that build an OptimizationConfig (compare, bench live): from the registry."""
+    from .core import methods
+
+    prune, prune_help = _choices(methods.PRUNE_METHODS)
+    p.add_argument("--sparsity", type=float, default=0.0, help="0 to 0.95")
+    p.add_argument("--prune-method", default="unstructured-global", choices=prune, help=prune_help)
+    p.add_argument("--bits", type=int, default=32, help="32 (off), 16, 8 .. 2")
+    schemes, scheme_help = _choices(methods.QUANT_SCHEMES)
+    p.add_argument("--quant-scheme", choices=schemes, default=None,
+                   help="default: weights-activations at 8 bits (real int8), weights below; " + scheme_help)
+
+
 def _compare_parser(sub) -> None:
+    from .core import methods
+
     p = sub.add_parser("compare", help="measure a model and its optimized copy on images")
+    p.add_argument("--config", default=None,
+                   help="a JSON file: the config block of a report (or a whole compare --json report); "
+                        "options given on the command line override it")
     p.add_argument("--model", default="efficientnet_lite0", help="model name or file (default: %(default)s)")
     p.add_argument("--weights", choices=["default", "none"], default="default",
                    help="'none': random weights (marked as such)")
@@ -17,36 +39,70 @@ def _compare_parser(sub) -> None:
     p.add_argument("--trust", action="store_true", help="allow loading a pickled model file (runs its code)")
     p.add_argument("--images", default=None, help="folder, image, video or camera index (default: sample photos)")
     p.add_argument("--limit", type=int, default=None, help="use at most N images")
-    p.add_argument("--sparsity", type=float, default=0.0, help="0 to 0.95")
-    p.add_argument("--prune-method", default="unstructured-global",
-                   choices=["unstructured-global", "unstructured", "unstructured-obs", "unstructured-sensitivity",
-                            "structured"],
-                   help="unstructured-global: one magnitude threshold (default); unstructured: magnitude per layer; "
-                        "unstructured-obs: SparseGPT reconstruction; unstructured-sensitivity: per-layer sparsity "
-                        "from measured sensitivity; structured: channels")
-    p.add_argument("--rounding", choices=["nearest", "mse", "gptq"], default="mse",
-                   help="low-bit weight rounding (default: %(default)s)")
-    p.add_argument("--allocation", choices=["uniform", "sensitivity"], default="sensitivity",
-                   help="bit widths below 8 per layer from sensitivity (default) or one width for all")
+    _optimization_options(p)
+    roundings, rounding_help = _choices(methods.ROUNDINGS)
+    p.add_argument("--rounding", choices=roundings, default="mse", help=rounding_help + " (default: %(default)s)")
+    allocations, allocation_help = _choices(methods.ALLOCATIONS)
+    p.add_argument("--allocation", choices=allocations, default="sensitivity", help=allocation_help)
     p.add_argument("--naive", action="store_true",
                    help="none of the accuracy-keeping methods (BatchNorm re-estimation, bias correction, "
                         "MSE clipping, sensitivity allocation, reconstruction)")
-    p.add_argument("--bits", type=int, default=32, help="32 (off), 16, 8 .. 2")
-    p.add_argument("--quant-scheme", choices=["weights", "weights-activations"], default=None,
-                   help="default: weights-activations at 8 bits (real int8), weights below")
+    p.add_argument("--no-bn-recalibration", action="store_true", help=methods.RECOVERY["bn_recalibration"].help)
+    p.add_argument("--no-bias-correction", action="store_true", help=methods.RECOVERY["bias_correction"].help)
     p.add_argument("--per-tensor", action="store_true", help="one scale per tensor instead of per channel")
-    p.add_argument("--runtime", choices=["torch", "onnxruntime"], default="torch",
-                   help="run the optimized model in torch or exported to ONNX Runtime (default: %(default)s)")
+    runtimes, runtime_help = _choices(methods.RUNTIMES)
+    p.add_argument("--runtime", choices=runtimes, default="torch", help=runtime_help)
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
                    help="run the optimized model on the GPU (float and 16-bit; default: %(default)s)")
     p.add_argument("--round-to", type=int, default=1,
                    help="structured pruning keeps channel counts a multiple of this (e.g. 8)")
     p.add_argument("--exclude", action="append", default=[], help="layer name to leave alone (repeatable)")
-    p.add_argument("--calibration", type=int, default=32, help="calibration images (default: %(default)s)")
-    p.add_argument("--runs", type=int, default=30, help="timed runs for latency (default: %(default)s)")
+    p.add_argument("--layer-bits", action="append", default=[], metavar="LAYER=BITS",
+                   help="a layer's own bit width (repeatable)")
+    p.add_argument("--calibration", type=int, default=None, help="calibration images (default: 32)")
+    p.add_argument("--runs", type=int, default=None, help="timed runs for latency (default: 30)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     p.add_argument("--out", default=None, help="folder for the model files whose size is reported")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def _settings_and_config(args):
+    """(OptimizationConfig, MeasureSettings) from ``--config FILE`` overridden by the options
+    given on the command line. Raises ConfigError."""
+    from .core.config import ConfigError, MeasureSettings, OptimizationConfig, load_config_file
+
+    base, settings = load_config_file(args.config) if getattr(args, "config", None) else (None, MeasureSettings())
+    given = {a.split("=")[0] for a in args.argv if a.startswith("--")} if base is not None else None
+
+    def pick(option: str, value, from_base):
+        return from_base if given is not None and option not in given else value
+
+    def layer_bits(items):
+        try:
+            return tuple((n, int(b)) for n, b in (i.rsplit("=", 1) for i in items))
+        except ValueError:
+            raise ConfigError("--layer-bits takes LAYER=BITS, e.g. blocks.3.0.conv=6") from None
+
+    b = base or OptimizationConfig()
+    bits = pick("--bits", args.bits, b.bits)
+    scheme = pick("--quant-scheme", args.quant_scheme, b.quant_scheme)
+    if given is not None and "--bits" in given and "--quant-scheme" not in given:
+        scheme = None  # a new bit width takes its default scheme
+    config = OptimizationConfig(
+        sparsity=pick("--sparsity", args.sparsity, b.sparsity), prune_method=pick("--prune-method", args.prune_method,
+                                                                                  b.prune_method),
+        bits=bits, quant_scheme=scheme, per_channel=pick("--per-tensor", not args.per_tensor, b.per_channel),
+        exclude=tuple(args.exclude) or b.exclude, runtime=pick("--runtime", args.runtime, b.runtime),
+        round_to=pick("--round-to", args.round_to, b.round_to), rounding=pick("--rounding", args.rounding, b.rounding),
+        allocation=pick("--allocation", args.allocation, b.allocation), device=pick("--device", args.device, b.device),
+        bn_recalibration=pick("--no-bn-recalibration", not args.no_bn_recalibration, b.bn_recalibration),
+        bias_correction=pick("--no-bias-correction", not args.no_bias_correction, b.bias_correction),
+        layer_bits=layer_bits(args.layer_bits) or b.layer_bits)
+    if args.naive:
+        config = config.naive()
+    changes = {k: v for k, v in (("calibration_images", args.calibration), ("latency_runs", args.runs),
+                                 ("threads", args.threads)) if v is not None}
+    return config, MeasureSettings(**{**settings.to_dict(), **changes})
 
 
 def _fail(message: str) -> int:
@@ -94,34 +150,24 @@ def _table(report: dict) -> str:
 
 def run_compare(args) -> int:
     from .core.compare import compare_steps
-    from .core.config import ConfigError, OptimizationConfig
+    from .core.config import ConfigError
     from .core.models import ModelLoadError, load_model
     from .core.optimize import OptimizeError
+    from .core.process import setup_process
     from .core.sources import SourceError, open_source
 
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
     if args.limit is not None and args.limit < 1:
         return _fail("--limit must be at least 1")
-    scheme = args.quant_scheme or ("weights-activations" if args.bits == 8 else "weights")
     try:
-        config = OptimizationConfig(sparsity=args.sparsity, prune_method=args.prune_method, bits=args.bits,
-                                    quant_scheme=scheme, per_channel=not args.per_tensor,
-                                    exclude=tuple(args.exclude), runtime=args.runtime, round_to=args.round_to,
-                                    rounding=args.rounding, allocation=args.allocation,
-                                    device=args.device)
-        if args.naive:
-            config = config.naive()
+        config, settings = _settings_and_config(args)
+        setup_process(settings.threads)
         source = open_source(args.images, args.limit)
         loaded = load_model(args.model, weights=args.weights, trust=args.trust, arch=args.arch)
     except (ConfigError, SourceError, ModelLoadError) as exc:
         return _fail(str(exc))
     report = None
     try:
-        for step in compare_steps(loaded, source, config, limit=args.limit, calibration_images=args.calibration,
-                                  latency_runs=args.runs, out_dir=args.out):
+        for step in compare_steps(loaded, source, config, settings, limit=args.limit, out_dir=args.out):
             if isinstance(step, str):
                 if sys.stderr.isatty():
                     print(f"\r{step:60}", end="", file=sys.stderr, flush=True)
@@ -141,12 +187,8 @@ def _bench_parser(sub) -> None:
     live.add_argument("--video", default=None,
                       help="video standing in for a camera (default: a generated 640x480 30 FPS clip)")
     live.add_argument("--seconds", type=float, default=20.0)
-    live.add_argument("--sparsity", type=float, default=0.0)
-    live.add_argument("--prune-method", default="unstructured-global",
-                      choices=["unstructured-global", "unstructured", "unstructured-obs", "unstructured-sensitivity",
-                               "structured"])
-    live.add_argument("--bits", type=int, default=8)
-    live.add_argument("--quant-scheme", choices=["weights", "weights-activations"], default=None)
+    _optimization_options(live)
+    live.set_defaults(bits=8)
     live.add_argument("--json", action="store_true")
     acc = bench.add_parser("accuracy", help="top-1 of each configuration without and with the accuracy methods")
     acc.add_argument("--images", required=True, help="a labelled image folder (e.g. the shared ImageNet sample)")
@@ -209,16 +251,17 @@ def run_accuracy(args) -> int:
 
 def run_bench(args) -> int:
     from .core.config import ConfigError, OptimizationConfig
+    from .core.process import setup_process
 
+    setup_process()
     if args.bench == "speed":
         return run_speed(args)
     if args.bench == "accuracy":
         return run_accuracy(args)
 
-    scheme = args.quant_scheme or ("weights-activations" if args.bits == 8 else "weights")
     try:
         config = OptimizationConfig(sparsity=args.sparsity, prune_method=args.prune_method, bits=args.bits,
-                                    quant_scheme=scheme)
+                                    quant_scheme=args.quant_scheme)
     except ConfigError as exc:
         return _fail(str(exc))
     video = args.video
@@ -247,6 +290,11 @@ def run_gui(args) -> int:
     return run(model=args.model, source=args.images)
 
 
+def gui_main() -> int:
+    """The ``workbench`` launcher: the window (or a subcommand, when one is given)."""
+    return main(sys.argv[1:])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="workbench", description=__doc__)
     sub = parser.add_subparsers(dest="command")
@@ -256,6 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--model", default=None)
     g.add_argument("--images", default=None)
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     if args.command == "compare":
         return run_compare(args)
     if args.command == "bench":

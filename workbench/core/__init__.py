@@ -1,7 +1,4 @@
-"""The Qt-free core: models, sources, optimization, measurements."""
+"""The Qt-free core: models, sources, optimization, measurements.
 
-import torch
-
-# Subnormal floats (left by weight updates such as SparseGPT's) make CPU kernels 100x
-# slower; flushing them to zero changes no result that matters here.
-torch.set_flush_denormal(True)
+Importing it costs nothing heavy: torch is imported by the modules that need it, so the
+window can appear before torch loads. Process-wide settings live in :mod:`.process`."""

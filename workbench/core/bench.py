@@ -8,8 +8,8 @@ from pathlib import Path
 
 import torch
 
-from .config import OptimizationConfig
-from .measure import count_macs, inference_memory, measure_latency, write_model_file
+from .config import MeasureSettings, OptimizationConfig
+from .measure import count_macs, static_figures, write_model_file
 from .models import load_model
 from .optimize import OptimizedModel, optimize
 from .sources import open_source
@@ -65,26 +65,28 @@ def speed_rows(models: Sequence[str] = SPEED_MODELS, threads: Sequence[int] = (1
         calibration = [loaded.preprocess(f.rgb) for f in frames][:calibration_images]
         x = calibration[0]
         float_macs = count_macs(loaded.model, x)
-        original_size, _ = write_model_file(out / f"{name}.pt", loaded.model)
+        original_file = out / f"{name}.pt"
+        original_file = (original_file, *write_model_file(original_file, loaded.model))
         float_latency: dict[int, float] = {}
         for label, result in _configurations(loaded, calibration):
             runtime = result.config.runtime if result else "torch"
             model = result.model if result else loaded.model
-            macs = count_macs(result.float_model, x) if result else float_macs
-            size = result.write_file(out, f"{name}-{abs(hash(result.config))}")[1] if result else original_size
-            memory = inference_memory(model, x)
+            file = result.write_file(out, f"{name}-{abs(hash(result.config))}") if result else original_file
             for t in threads:
-                torch.set_num_threads(t)
+                torch.set_num_threads(t)  # the bench is an entry point: it owns the process's threads
                 timed = OrtModel(model.path, threads=t) if runtime == "onnxruntime" else model
-                latency = measure_latency(timed, x, runs=runs)
+                figures = static_figures(timed, result.float_model if result else loaded.model, x, file,
+                                         MeasureSettings(latency_runs=runs, threads=t))
+                latency, macs = figures["latency_ms"], figures["macs"]
                 if result is None:
-                    float_latency[t] = latency.median
-                speedup = float_latency[t] / latency.median
+                    float_latency[t] = latency["median"]
+                speedup = float_latency[t] / latency["median"]
                 yield {
                     "model": loaded.display_name, "configuration": label, "runtime": runtime,
                     "kernels": result.kernels if result else "fp32", "threads": t,
-                    "latency_ms": {"median": round(latency.median, 3), "p90": round(latency.p90, 3)},
-                    "macs": macs, "size_bytes": size, "peak_memory_bytes": memory["total_bytes"],
+                    "latency_ms": {"median": latency["median"], "p90": latency["p90"]},
+                    "macs": macs, "size_bytes": figures["size_bytes"],
+                    "peak_memory_bytes": figures["inference_memory"]["total_bytes"],
                     "speedup": round(speedup, 3),
                     "realized_over_theoretical": round(speedup / (float_macs / macs), 3),
                     "float_fallback": result.float_fallback if result else [],
@@ -114,7 +116,7 @@ def accuracy_rows(images: str, limit: int | None = None, recover_seconds: float 
         if config.naive() != config and not config.is_identity:
             variants.insert(0, ("naive", config.naive()))
         for methods, cfg in variants:
-            report = compare(loaded, open_source(images, limit), cfg, latency_runs=latency_runs)
+            report = compare(loaded, open_source(images, limit), cfg, MeasureSettings(latency_runs=latency_runs))
             yield _accuracy_row(label, methods, report)
     if recover_seconds:
         yield from _recovery_rows(loaded, frames, structured.config, recover_seconds, latency_runs)
@@ -140,9 +142,10 @@ def _recovery_rows(loaded, frames, config: OptimizationConfig, seconds: float, l
     teach = [loaded.preprocess(f.rgb) for f in frames[:half]]
     test = frames[half:]
     result = optimize(loaded.model, config, teach[:32])
-    before = compare_on_inputs(loaded, result, test, latency_runs)
+    settings = MeasureSettings(latency_runs=latency_runs)
+    before = compare_on_inputs(loaded, result, test, settings)
     yield _accuracy_row("structured, 30% fewer MACs (held-out half)", "best", before)
     for _ in distill_steps(result.model, loaded.model, teach, seconds=seconds):
         pass
-    after = compare_on_inputs(loaded, result, test, latency_runs)
+    after = compare_on_inputs(loaded, result, test, settings)
     yield _accuracy_row("structured, 30% fewer MACs (held-out half)", "best + distillation", after, seconds)

@@ -1,28 +1,17 @@
 """Compare an original model with its optimized copy on a source: the numbers behind
-``python -m workbench compare`` and the window's figures."""
+``python -m workbench compare``, the window's report and the benchmarks (one path)."""
 
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from .config import OptimizationConfig
-from .measure import (
-    Predictions,
-    agreement,
-    count_macs,
-    count_params,
-    inference_memory,
-    mean_kl,
-    measure_latency,
-    peak_rss_bytes,
-    predict,
-    write_model_file,
-)
+from .config import MeasureSettings, OptimizationConfig, config_block
+from .measure import Predictions, agreement, mean_kl, predict, static_figures, write_model_file
 from .models import LoadedModel
 from .optimize import OptimizedModel, optimize_steps, relay
 
@@ -55,65 +44,120 @@ def load_batch(loaded: LoadedModel, source, limit: int | None = None) -> Iterato
             yield f"reading images: {len(batch.inputs)}/{total or '?'}"
         if limit and len(batch.inputs) >= limit:
             break
-    batch.skipped = [{"path": s.path, "reason": s.reason} for s in getattr(source, "skipped", [])]
+    batch.skipped = skipped_of(source)
     yield batch
 
 
-def model_report(model, float_model, batch: Batch, preds: Predictions, file: tuple[Path, int, str],
-                 latency_runs=30) -> dict:
-    """The figures of one model: accuracy, latency, size of its real ``file``, params, MACs."""
-    top1, top5 = preds.accuracy(batch.labels)
-    latency = measure_latency(model, batch.inputs[0], runs=latency_runs)
-    file_path, size, fmt = file
-    params, nonzero = count_params(float_model)
-    macs = count_macs(float_model, batch.inputs[0]) or None
-    return {"top1": top1, "top5": top5, "latency_ms": latency.to_dict(), "size_bytes": size,
-            "file": str(file_path), "file_format": fmt, "params": params, "nonzero_params": nonzero,
-            "macs": macs, "peak_process_memory_bytes": peak_rss_bytes(),
-            "inference_memory": inference_memory(model, batch.inputs[0])}
+def skipped_of(source) -> list[dict]:
+    return [{"path": s.path, "reason": s.reason} for s in getattr(source, "skipped", [])]
 
 
-def compare_steps(loaded: LoadedModel, source, config: OptimizationConfig, *, limit: int | None = None,
-                  calibration_images: int = 32, latency_runs: int = 30,
-                  out_dir: Path | None = None) -> Iterator[str | dict]:
+def original_figures(loaded: LoadedModel, example: torch.Tensor, out: Path, settings: MeasureSettings) -> dict:
+    """:func:`static_figures` of the original model, its file written to ``out``."""
+    path = Path(out) / "original.pt"
+    return static_figures(loaded.model, loaded.model, example, (path, *write_model_file(path, loaded.model)),
+                          settings)
+
+
+def optimized_figures(opt: OptimizedModel, example: torch.Tensor, out: Path, settings: MeasureSettings) -> dict:
+    """:func:`static_figures` of an optimized model, its deployable file written to ``out``."""
+    return static_figures(opt.model, opt.float_model, example, opt.write_file(out), settings)
+
+
+def build_report(loaded: LoadedModel, opt: OptimizedModel, settings: MeasureSettings, *, source_name: str,
+                 labels: Sequence[int | None], skipped: list[dict], original: dict, optimized: dict,
+                 ref: Predictions, new: Predictions) -> dict:
+    """The report of ``compare --json`` (and of the window's ``report()``), from the figures
+    of :func:`original_figures` / :func:`optimized_figures` and both models' predictions."""
+    top1, top5 = ref.accuracy(labels)
+    original = {"top1": top1, "top5": top5, **original}
+    top1, top5 = new.accuracy(labels)
+    optimized = {"top1": top1, "top5": top5, **optimized,
+                 "agreement": agreement(ref, new), "kl": mean_kl(ref, new), "kernels": opt.kernels,
+                 "simulated": opt.simulated, "description": opt.description,
+                 "float_fallback": opt.float_fallback, "notes": opt.notes, "methods": opt.methods,
+                 "allocation": opt.allocation}
+    return {"model": loaded.display_name, "random_weights": loaded.random_weights,
+            "source": source_name, "config": config_block(opt.config, settings), "images": len(labels),
+            "labelled": sum(y is not None for y in labels), "skipped": skipped,
+            "threads": torch.get_num_threads(), "original": original, "optimized": optimized}
+
+
+def compare_steps(loaded: LoadedModel, source, config: OptimizationConfig, settings: MeasureSettings | None = None,
+                  *, limit: int | None = None, out_dir: Path | None = None) -> Iterator[str | dict]:
     """The whole comparison as a generator: progress strings, then the report dict."""
+    settings = settings or MeasureSettings()
     batch = yield from relay(load_batch(loaded, source, limit))
     if not batch.inputs:
         raise ValueError(f"no readable image in {source.name}")
     out = Path(out_dir or tempfile.mkdtemp(prefix="workbench-"))
     out.mkdir(parents=True, exist_ok=True)
-    opt = yield from relay(optimize_steps(loaded.model, config, batch.inputs[:calibration_images], workdir=out))
+    calibration = batch.inputs[:settings.calibration_images]
+    opt = yield from relay(optimize_steps(loaded.model, config, calibration, workdir=out))
     yield f"evaluating {len(batch.inputs)} images"
-    yield report_for(loaded, opt, batch, out, latency_runs, source.name)
+    yield report_for(loaded, opt, batch, out, settings, source.name)
 
 
-def report_for(loaded: LoadedModel, opt: OptimizedModel, batch: Batch, out: Path, latency_runs: int = 30,
-               source_name: str = "") -> dict:
+def report_for(loaded: LoadedModel, opt: OptimizedModel, batch: Batch, out: Path,
+               settings: MeasureSettings | None = None, source_name: str = "") -> dict:
     """The comparison report of an optimized model against its original on ``batch``."""
-    config = opt.config
+    settings = settings or MeasureSettings()
     ref = predict(loaded.model, batch.inputs)
     new = predict(opt.model, batch.inputs)
-    original_file = out / "original.pt"
-    original = model_report(loaded.model, loaded.model, batch, ref,
-                            (original_file, *write_model_file(original_file, loaded.model)), latency_runs)
-    optimized = model_report(opt.model, opt.float_model, batch, new, opt.write_file(out), latency_runs)
-    optimized.update({"agreement": agreement(ref, new), "kl": mean_kl(ref, new), "kernels": opt.kernels,
-                      "simulated": opt.simulated, "description": opt.description,
-                      "float_fallback": opt.float_fallback, "notes": opt.notes, "methods": opt.methods,
-                      "allocation": opt.allocation})
-    return {"model": loaded.display_name, "random_weights": loaded.random_weights,
-            "source": source_name, "config": config.to_dict(), "images": len(batch.inputs),
-            "labelled": batch.labelled, "skipped": batch.skipped, "threads": torch.get_num_threads(),
-            "original": original, "optimized": optimized}
+    example = batch.inputs[0]
+    return build_report(loaded, opt, settings, source_name=source_name, labels=batch.labels,
+                        skipped=batch.skipped, original=original_figures(loaded, example, out, settings),
+                        optimized=optimized_figures(opt, example, out, settings), ref=ref, new=new)
 
 
-def compare_on_inputs(loaded: LoadedModel, opt: OptimizedModel, frames, latency_runs: int = 30) -> dict:
+def compare_on_inputs(loaded: LoadedModel, opt: OptimizedModel, frames,
+                      settings: MeasureSettings | None = None) -> dict:
     """:func:`report_for` on frames already read (e.g. a held-out part of a folder)."""
     batch = Batch([loaded.preprocess(f.rgb) for f in frames], [f.label for f in frames],
                   [f.origin for f in frames])
-    return report_for(loaded, opt, batch, Path(tempfile.mkdtemp(prefix="workbench-")), latency_runs)
+    return report_for(loaded, opt, batch, Path(tempfile.mkdtemp(prefix="workbench-")), settings)
 
 
-def compare(loaded: LoadedModel, source, config: OptimizationConfig, **kwargs) -> dict:
-    *_, report = compare_steps(loaded, source, config, **kwargs)
+def compare(loaded: LoadedModel, source, config: OptimizationConfig, settings: MeasureSettings | None = None,
+            **kwargs) -> dict:
+    *_, report = compare_steps(loaded, source, config, settings, **kwargs)
     return report
+
+
+def compare_command(model: str, images: str | None, limit: int | None, config: OptimizationConfig,
+                    settings: MeasureSettings) -> str:
+    """The ``python -m workbench compare`` arguments that reproduce ``config`` on a source."""
+    import shlex
+
+    base = OptimizationConfig(bits=config.bits)  # the CLI's defaults for this bit width
+    args = ["python", "-m", "workbench", "compare", "--model", model]
+    if images is not None:
+        args += ["--images", str(images)]
+    if limit is not None:
+        args += ["--limit", str(limit)]
+    flags = {"sparsity": "--sparsity", "prune_method": "--prune-method", "bits": "--bits",
+             "quant_scheme": "--quant-scheme", "runtime": "--runtime", "device": "--device",
+             "round_to": "--round-to", "rounding": "--rounding", "allocation": "--allocation"}
+    for name, flag in flags.items():
+        value = getattr(config, name)
+        if value != getattr(base, name) or name == "bits" and value != 32:
+            args += [flag, f"{value:g}" if isinstance(value, float) else str(value)]
+    if not config.per_channel:
+        args.append("--per-tensor")
+    if not config.bn_recalibration:
+        args.append("--no-bn-recalibration")
+    if not config.bias_correction:
+        args.append("--no-bias-correction")
+    for name in config.exclude:
+        args += ["--exclude", name]
+    for name, bits in config.layer_bits:
+        args += ["--layer-bits", f"{name}={bits}"]
+    defaults = MeasureSettings()
+    if settings.calibration_images != defaults.calibration_images:
+        args += ["--calibration", str(settings.calibration_images)]
+    if settings.latency_runs != defaults.latency_runs:
+        args += ["--runs", str(settings.latency_runs)]
+    if settings.threads is not None:
+        args += ["--threads", str(settings.threads)]
+    args.append("--json")
+    return " ".join(shlex.quote(a) for a in args)

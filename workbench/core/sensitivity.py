@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .locks import running
+from .prune import prune_per_layer_
 from .quantize import QUANT_LAYERS, simulate_weight_quant_
 
 MAX_SPARSITY = 0.95
@@ -48,8 +49,6 @@ def first_and_last(model: nn.Module) -> tuple[str, str]:
 def _probe_(module: nn.Module, kind: str, value: float) -> None:
     with torch.no_grad():
         if kind == "prune":
-            from .optimize import prune_per_layer_
-
             prune_per_layer_(module, {"": value})
         else:
             simulate_weight_quant_(module, {"": int(value)}, rounding="mse")

@@ -4,7 +4,7 @@ and the long jobs (optimize, evaluate) as generators the window runs off its thr
 from __future__ import annotations
 
 import dataclasses
-import math
+import shutil
 import tempfile
 import time
 from collections.abc import Iterator
@@ -13,12 +13,14 @@ from pathlib import Path
 
 import torch
 
-from .config import OptimizationConfig
+from .compare import build_report, optimized_figures, original_figures, skipped_of
+from .config import MeasureSettings, OptimizationConfig
 from .locks import running
-from .measure import count_macs, count_params, measure_latency
+from .measure import Predictions
 from .models import LoadedModel
 from .optimize import OptimizedModel, optimize_steps, relay
 from .sources import Frame, VideoSource
+from .stats import wilson_interval  # noqa: F401 (re-exported)
 
 
 @dataclass(frozen=True)
@@ -42,16 +44,6 @@ def predict_one(model: torch.nn.Module, x: torch.Tensor) -> Prediction:
     return Prediction([(int(i), float(v)) for i, v in zip(idx, values)], probs, ms)
 
 
-def wilson_interval(hits: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95 % interval of a proportion (Wilson score), for the accuracy band."""
-    if n == 0:
-        return 0.0, 1.0
-    p = hits / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
 @dataclass
 class Workspace:
     """A loaded model and source, with the frames preprocessed so far (shared by jobs)."""
@@ -63,6 +55,7 @@ class Workspace:
     out_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="workbench-")))
     original_preds: dict[int, Prediction] = field(default_factory=dict)
     next_file: int = 0
+    next_dir: int = 0
 
     @property
     def is_stream(self) -> bool:
@@ -89,43 +82,91 @@ class Workspace:
         self.inputs.append(self.loaded.preprocess(frame.rgb))
         return len(self.frames) - 1
 
-    def calibration(self, n: int = 16) -> list[torch.Tensor]:
+    def calibration(self, n: int) -> list[torch.Tensor]:
         return self.inputs[:n]
+
+    @property
+    def labels(self) -> list[int | None]:
+        return [f.label for f in self.frames]
+
+    def config_dir(self, keep: int = 6) -> Path:
+        """A fresh folder for one configuration's files; only the newest ``keep`` are kept."""
+        self.next_dir += 1
+        folder = self.out_dir / f"config-{self.next_dir}"
+        folder.mkdir(parents=True, exist_ok=True)
+        old = self.out_dir / f"config-{self.next_dir - keep}"
+        if old.is_dir():
+            shutil.rmtree(old, ignore_errors=True)
+        return folder
+
+
+def load_workspace(model_spec: str | LoadedModel, source_spec, settings: MeasureSettings,
+                   first: int = 16) -> Iterator[str | Workspace]:
+    """Job: load the model and the source and read the first frames (at least the
+    calibration images); yields progress, then a Workspace. The rest of a folder is read
+    later, while the user looks at the first image."""
+    from .models import load_model
+    from .sources import open_source
+
+    if isinstance(model_spec, LoadedModel):
+        loaded = model_spec
+    else:
+        yield f"loading {model_spec}"
+        loaded = load_model(model_spec)
+    yield "opening source"
+    ws = Workspace(loaded, open_source(source_spec))
+    if ws.is_stream:
+        for _ in range(8):  # calibration frames; live mode takes over from here
+            frame = ws.source.read()
+            if frame is None:
+                break
+            ws.add(frame)
+        if not ws.frames:
+            raise ValueError(f"{ws.source.name} delivered no frame")
+    else:
+        yield from ws.read_frames(max(first, settings.calibration_images))
+        if not ws.frames:
+            raise ValueError(f"no readable image in {ws.source.name}")
+    yield ws
 
 
 @dataclass
 class Measured:
-    """An optimized model with the figures the plots need."""
+    """An optimized model with its figures (:func:`compare.optimized_figures`)."""
 
     optimized: OptimizedModel
-    latency_ms: float
-    size_bytes: int
-    params: int
-    nonzero_params: int
-    macs: int | None
+    figures: dict
+
+    @property
+    def latency_ms(self) -> float:
+        return self.figures["latency_ms"]["median"]
+
+    @property
+    def size_bytes(self) -> int:
+        return self.figures["size_bytes"]
 
 
-def measure_model(ws: Workspace, model, float_model, file_size: int, runs: int = 10):
-    """(latency median ms, file bytes, params, non-zero params, MACs) of one model."""
-    x = ws.inputs[0]
-    latency = measure_latency(model, x, runs=runs, warmup=2).median
-    params, nonzero = count_params(float_model)
-    return latency, file_size, params, nonzero, count_macs(float_model, x) or None
+def measure_original(ws: Workspace, settings: MeasureSettings) -> dict:
+    """Job: the original model's figures (latency timed while no other job runs)."""
+    return original_figures(ws.loaded, ws.inputs[0], ws.out_dir, settings)
 
 
-def optimize_and_measure(ws: Workspace, config: OptimizationConfig) -> Iterator[str | Measured]:
-    """Optimize the workspace's model for ``config`` and measure it (a generator)."""
-    result = yield from relay(optimize_steps(ws.loaded.model, config, ws.calibration(), workdir=ws.out_dir))
-    yield result  # the window shows its predictions while the figures are measured
-    yield "measuring latency and file size"
-    _, size, _ = result.write_file(ws.out_dir, f"optimized-{abs(hash(config))}")
-    figures = measure_model(ws, result.model, result.float_model, size)
-    yield Measured(result, *figures)
+def optimize_and_measure(ws: Workspace, config: OptimizationConfig,
+                         settings: MeasureSettings) -> Iterator[str | OptimizedModel | Measured]:
+    """Optimize the workspace's model for ``config`` and measure it (a generator): yields
+    progress, the optimized model (so its predictions can show at once), then :class:`Measured`."""
+    folder = ws.config_dir()
+    calibration = ws.calibration(settings.calibration_images)
+    result = yield from relay(optimize_steps(ws.loaded.model, config, calibration, workdir=folder))
+    yield result
+    yield "measuring latency (the app's other jobs wait) and file size"
+    yield Measured(result, optimized_figures(result, ws.inputs[0], folder, settings))
 
 
 @dataclass
 class EvalProgress:
-    """Running figures of a background evaluation over the workspace's frames."""
+    """Running figures of a background evaluation over the workspace's frames; the last one
+    carries both models' predictions (``final``), from which the report is built."""
 
     done: int
     total: int
@@ -133,6 +174,7 @@ class EvalProgress:
     optimized_hits: int
     labelled: int
     agree: int
+    final: tuple[Predictions, Predictions] | None = None
 
     def top1(self, which: str) -> float | None:
         hits = self.original_hits if which == "original" else self.optimized_hits
@@ -147,18 +189,31 @@ def evaluate_steps(ws: Workspace, optimized_model) -> Iterator[EvalProgress]:
     """Both models over every frame read so far; the original's results are cached."""
     orig_hits = opt_hits = labelled = agree = 0
     n = len(ws.inputs)
+    ref_probs, new_probs = [], []
     for i in range(n):
         ref = ws.original_preds.get(i)
         if ref is None:
             ref = ws.original_preds[i] = predict_one(ws.loaded.model, ws.inputs[i])
         new = predict_one(optimized_model, ws.inputs[i])
+        ref_probs.append(ref.probs)
+        new_probs.append(new.probs)
         label = ws.frames[i].label
         if label is not None:
             labelled += 1
             orig_hits += ref.top1 == label
             opt_hits += new.top1 == label
         agree += ref.top1 == new.top1
-        yield EvalProgress(i + 1, n, orig_hits, opt_hits, labelled, agree)
+        final = (Predictions(torch.stack(ref_probs)), Predictions(torch.stack(new_probs))) if i == n - 1 else None
+        yield EvalProgress(i + 1, n, orig_hits, opt_hits, labelled, agree, final)
+
+
+def workspace_report(ws: Workspace, original: dict, measured: Measured, evaluation: EvalProgress,
+                     settings: MeasureSettings) -> dict:
+    """The report of ``compare --json`` for what the window evaluated (same function)."""
+    ref, new = evaluation.final
+    return build_report(ws.loaded, measured.optimized, settings, source_name=ws.source.name, labels=ws.labels,
+                        skipped=skipped_of(ws.source), original=original, optimized=measured.figures,
+                        ref=ref, new=new)
 
 
 def sensitivity_job(ws: Workspace, config: OptimizationConfig) -> Iterator[str | dict]:
@@ -183,7 +238,8 @@ def sensitivity_job(ws: Workspace, config: OptimizationConfig) -> Iterator[str |
             yield {"probe": probe, "layers": step}
 
 
-def recover_job(ws: Workspace, measured: Measured, seconds: float = 60.0) -> Iterator[str | Measured]:
+def recover_job(ws: Workspace, measured: Measured, settings: MeasureSettings,
+                seconds: float = 60.0) -> Iterator[str | Measured]:
     """Distil a copy of the optimized model from the original on the workspace's frames,
     for at most ``seconds``; yields progress, then the re-measured model."""
     import copy
@@ -200,5 +256,4 @@ def recover_job(ws: Workspace, measured: Measured, seconds: float = 60.0) -> Ite
     recovered = dataclasses.replace(opt, model=student, float_model=student,
                                     methods=opt.methods + [f"distillation ({seconds:.0f} s)"])
     yield "measuring the recovered model"
-    _, size, _ = recovered.write_file(ws.out_dir, f"recovered-{abs(hash(opt.config))}")
-    yield Measured(recovered, *measure_model(ws, student, student, size))
+    yield Measured(recovered, optimized_figures(recovered, ws.inputs[0], ws.config_dir(), settings))

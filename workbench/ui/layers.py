@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyqtgraph as pg
@@ -10,8 +11,10 @@ from PySide6.QtCore import QPoint, Signal
 from PySide6.QtGui import QCursor
 from PySide6.QtWidgets import QHBoxLayout, QLabel, QMenu, QPushButton, QVBoxLayout, QWidget
 
-from ..core.sensitivity import LayerSensitivity
 from .plots import OPTIMIZED, _plot
+
+if TYPE_CHECKING:
+    from ..core.sensitivity import LayerSensitivity
 
 EXCLUDED = (150, 150, 150)
 OVERRIDE_BITS = (8, 6, 5, 4, 3, 2)

@@ -10,7 +10,7 @@ import time
 
 import psutil
 
-from ..core.config import BIT_STOPS, OptimizationConfig
+from ..core.config import OptimizationConfig
 
 
 def _wait(app, predicate, timeout: float) -> None:
@@ -28,18 +28,13 @@ def bench_live(video: str, seconds: float, config: OptimizationConfig) -> dict:
     from PySide6.QtWidgets import QApplication
 
     from . import build_window
-    from .window import PRUNE_METHODS, SCHEMES
 
     app = QApplication.instance() or QApplication(sys.argv)
     proc = psutil.Process()
     w = build_window(source=video)
     w.show()
     _wait(app, lambda: w.live is not None and w.live.original.count > 0, 120)
-    w.sparsity_slider.setValue(round(config.sparsity * 100))
-    w.prune_method.setCurrentIndex([v for _, v in PRUNE_METHODS].index(config.prune_method))
-    w.quant_scheme.setCurrentIndex([v for _, v in SCHEMES].index(config.quant_scheme))
-    w.bits_slider.setValue(BIT_STOPS.index(config.bits))
-    w._debounce.start()
+    w.set_config(config)
     _wait(app, lambda: w.shown_config == config, 300)
     _wait(app, lambda: w.runner.busy() is False, 120)
 
@@ -56,7 +51,7 @@ def bench_live(video: str, seconds: float, config: OptimizationConfig) -> dict:
     probe = QTimer()
     probe.setInterval(10)
     probe.timeout.connect(tick)
-    start = {"read": live.grabber.frames_read, "shown": w.live_stats["displayed"],
+    start = {"read": live.grabber.frames_read, "shown": w.live_display.stats["displayed"],
              "orig": live.original.count, "opt": live.optimized.count}
     rss_start = proc.memory_info().rss / 1e6
     clock.start()
@@ -68,7 +63,7 @@ def bench_live(video: str, seconds: float, config: OptimizationConfig) -> dict:
     elapsed = time.monotonic() - t0
     probe.stop()
     read = live.grabber.frames_read - start["read"]
-    shown = w.live_stats["displayed"] - start["shown"]
+    shown = w.live_display.stats["displayed"] - start["shown"]
     result = {
         "video": video, "seconds": round(elapsed, 2), "config": config.to_dict(),
         "kernels": w.current.kernels if w.current else None,

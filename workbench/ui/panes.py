@@ -7,8 +7,6 @@ from PySide6.QtCore import Qt
 from PySide6.QtGui import QColor, QImage, QPainter, QPixmap
 from PySide6.QtWidgets import QGridLayout, QGroupBox, QLabel, QProgressBar, QSizePolicy, QVBoxLayout
 
-from ..core.session import Prediction
-
 
 def to_pixmap(rgb: np.ndarray) -> QPixmap:
     rgb = np.ascontiguousarray(rgb)
@@ -87,7 +85,7 @@ class ModelPane(QGroupBox):
             painter.end()
         self.image.setPixmap(scaled)
 
-    def show_prediction(self, pred: Prediction, classes: list[str], truth: int | None,
+    def show_prediction(self, pred, classes: list[str], truth: int | None,
                         differs: bool = False) -> None:
         name = classes[pred.top1] if pred.top1 < len(classes) else str(pred.top1)
         mark = "  ≠ original" if differs else ""

@@ -11,7 +11,7 @@ import pyqtgraph as pg
 from PySide6.QtCore import QObject, QTimer, Signal
 
 from ..core.config import OptimizationConfig
-from ..core.session import wilson_interval
+from ..core.stats import wilson_interval
 
 ORIGINAL = (52, 101, 164)
 OPTIMIZED = (230, 126, 34)
@@ -45,7 +45,7 @@ class Plots(QObject):
 
     def __init__(self, parent=None, window: int = 200):
         super().__init__(parent)
-        self.latency = _plot("latencyPlot", "Latency per frame", "ms", "frame")
+        self.latency = _plot("latencyPlot", "Latency: median, measured alone", "ms", "configuration tried")
         self.memory = _plot("memoryPlot", "Model file size", "MB", "")
         self.rss = _plot("rssPlot", "Process memory", "MB", "s")
         self.accuracy = _plot("accuracyPlot", "Accuracy", "top-1", "images evaluated")
@@ -56,8 +56,10 @@ class Plots(QObject):
         self.rss_mb: deque[float] = deque(maxlen=600)
         self._t0 = time.monotonic()
         self.lat_curves = {
-            "original": self.latency.plot(pen=pg.mkPen(ORIGINAL, width=2), name="original"),
-            "optimized": self.latency.plot(pen=pg.mkPen(OPTIMIZED, width=2), name="optimized")}
+            "original": self.latency.plot(pen=pg.mkPen(ORIGINAL, width=2), symbol="o", symbolSize=6,
+                                          symbolBrush=ORIGINAL, name="original"),
+            "optimized": self.latency.plot(pen=pg.mkPen(OPTIMIZED, width=2), symbol="o", symbolSize=6,
+                                           symbolBrush=OPTIMIZED, name="optimized")}
         for c in self.lat_curves.values():
             c.setDownsampling(auto=True, method="peak")
             c.setClipToView(True)

@@ -1,4 +1,8 @@
-"""Run core generators off the GUI thread; the newest request of each kind wins."""
+"""Run core generators off the GUI thread; the newest request of each kind wins.
+
+Every step of a job runs under the shared side of the app lock, so a latency measurement
+(which takes the exclusive side) holds the app's other jobs at their next step and times
+the model alone."""
 
 from __future__ import annotations
 
@@ -30,29 +34,43 @@ class Job(QRunnable):
     def cancel(self) -> None:
         self.cancelled = True
 
-    def run(self) -> None:  # worker thread
+    def _emit(self, signal, *value) -> None:
         try:
-            out = self.fn(*self.args)
+            signal.emit(*value)
+        except RuntimeError:  # the window was closed and its objects deleted meanwhile
+            self.cancelled = True
+
+    def run(self) -> None:  # worker thread
+        from ..core.locks import running
+
+        try:
+            if self.cancelled:
+                return
+            with running():
+                from ..core.process import flush_denormals
+
+                flush_denormals()
+                out = self.fn(*self.args)
             if inspect.isgenerator(out):
                 value = None
-                for step in out:
-                    if self.cancelled:
-                        out.close()
-                        return
-                    if isinstance(step, str):
-                        self.signals.progress.emit(step)
-                    else:
+                while not self.cancelled:
+                    with running():
+                        step = next(out, StopIteration)
+                    if step is StopIteration:
+                        break
+                    if not isinstance(step, str):
                         value = step
-                        self.signals.progress.emit(step)
+                    self._emit(self.signals.progress, step)
+                out.close()
                 out = value
             if not self.cancelled:
-                self.signals.result.emit(out)
+                self._emit(self.signals.result, out)
         except Exception as exc:  # shown to the user; the window carries on
             if not self.cancelled:
                 traceback.print_exc()
-                self.signals.error.emit(f"{type(exc).__name__}: {exc}")
+                self._emit(self.signals.error, f"{type(exc).__name__}: {exc}")
         finally:
-            self.signals.finished.emit()
+            self._emit(self.signals.finished)
 
 
 class Runner(QObject):
@@ -67,8 +85,11 @@ class Runner(QObject):
         self.pool.setMaxThreadCount(threads)
         self.current: dict[str, Job] = {}
         self._alive: set[Job] = set()
+        self._closed = False
 
-    def submit(self, kind: str, fn: Callable, *args, on_result=None, on_progress=None, on_error=None) -> Job:
+    def submit(self, kind: str, fn: Callable, *args, on_result=None, on_progress=None, on_error=None) -> Job | None:
+        if self._closed:
+            return None
         self.cancel(kind)
         job = Job(kind, fn, *args)
         self.current[kind] = job
@@ -107,6 +128,17 @@ class Runner(QObject):
     def busy(self, kind: str | None = None) -> bool:
         return kind in self.current if kind else bool(self.current)
 
-    def shutdown(self, timeout_ms: int = 10000) -> bool:
-        self.cancel_all()
+    def shutdown(self, timeout_ms: int = 30000) -> bool:
+        """Cancel everything and wait for the workers (each stops at its next step)."""
+        self._closed = True
+        for job in list(self._alive):
+            job.cancel()
+        self.current.clear()
+        for job in list(self._alive):  # no callback may reach a closing window
+            s = job.signals
+            for signal in (s.progress, s.result, s.error, s.finished):
+                try:
+                    signal.disconnect()
+                except (RuntimeError, TypeError):
+                    pass
         return self.pool.waitForDone(timeout_ms)

@@ -1,0 +1,299 @@
+"""The app between the core and the widgets: owns the workspace, the configuration, the
+results and the job runner, and tells the views what changed through typed signals.
+
+No widget lives here; a test can drive it without a window, and the window only lays out
+and wires. Every figure comes from the core's one measurement path (``core.compare``), so
+``report()`` has the schema and the numbers of ``python -m workbench compare --json``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from PySide6.QtCore import QObject, QTimer, Signal
+
+from ..core.config import DEFAULT_MODEL, MeasureSettings, OptimizationConfig
+
+FOLDER_LIMIT = 500  # images of a folder the window evaluates (compare --limit)
+RECOVER_SECONDS = 60.0
+LONG_JOBS = ("load", "optimize", "evaluate", "read", "sensitivity", "recover")
+
+
+class Controller(QObject):
+    status = Signal(str, bool)  # text, is an error
+    progress = Signal(str)  # what the running job is doing ("n/m" for a bar)
+    busy_changed = Signal(bool)  # a long job runs
+    loaded = Signal(object)  # Workspace
+    frame_changed = Signal(int)  # index of the frame the panes show
+    predicted = Signal(int, object, object)  # index, original Prediction, optimized Prediction or None
+    original_measured = Signal(dict)  # figures of the original
+    model_ready = Signal(object)  # OptimizedModel, before its figures
+    measured = Signal(object)  # Measured
+    evaluation_started = Signal(bool)  # labelled
+    evaluated = Signal(object)  # EvalProgress
+    report_ready = Signal(dict)  # the compare --json report of the current configuration
+    sensitivity_ready = Signal(dict)  # {"probe": str, "layers": {...}}
+    shown = Signal(object)  # the OptimizationConfig whose result the optimized pane now shows
+    live_changed = Signal(bool)  # live mode started / stopped
+
+    def __init__(self, settings: MeasureSettings | None = None, parent=None):
+        from .runner import Runner
+
+        super().__init__(parent)
+        self.settings = settings or MeasureSettings()
+        self.runner = Runner(self)
+        self.runner.busy_changed.connect(lambda: self.busy_changed.emit(self.busy))
+        self.model_spec: str | None = None
+        self.source_spec = None
+        self.ws = None
+        self.config = OptimizationConfig()
+        self.current = None  # OptimizedModel the optimized pane runs
+        self.measured_result = None  # Measured of the current configuration
+        self.original_figures: dict | None = None
+        self.shown_config: OptimizationConfig | None = None
+        self.index = 0
+        self._report: dict | None = None
+        self.live = None  # LiveSession while a camera or video plays
+        self._evaluation = None
+        self._reading = False
+        self._debounce = QTimer(self, singleShot=True, interval=150)
+        self._debounce.timeout.connect(self.apply)
+
+    # what the views ask ------------------------------------------------------
+    @property
+    def busy(self) -> bool:
+        return any(self.runner.busy(k) for k in LONG_JOBS)
+
+    def report(self) -> dict | None:
+        """The ``compare --json`` report of the current source and configuration, once its
+        evaluation has finished; None before that (and for live sources)."""
+        return self._report
+
+    def command(self) -> str:
+        """The ``python -m workbench compare`` command that gives the same numbers."""
+        from ..core.compare import compare_command
+
+        model = self.model_spec or DEFAULT_MODEL
+        limit = FOLDER_LIMIT if self.ws and not self.ws.is_stream and self.source_spec is not None else None
+        return compare_command(model, self.source_spec, limit, self.config, self.settings)
+
+    # loading ------------------------------------------------------------------
+    def load(self, model_spec, source_spec) -> None:
+        from ..core.session import load_workspace
+
+        self.runner.cancel_all()
+        self.stop_live()
+        model_spec = model_spec or DEFAULT_MODEL
+        if isinstance(model_spec, str):
+            self.model_spec = model_spec
+        self.source_spec = source_spec
+        self.progress.emit(f"loading {self.model_spec}…")
+        self.runner.submit("load", _first_load, load_workspace, model_spec, source_spec, self.settings,
+                           FOLDER_LIMIT, on_result=self._on_loaded, on_progress=self._on_progress,
+                           on_error=self._on_error)
+
+    def open_model(self, spec: str) -> None:
+        self.load(spec, self.source_spec)
+
+    def open_source(self, spec) -> None:
+        self.load(self.ws.loaded if self.ws else self.model_spec, spec)
+
+    def _on_loaded(self, ws) -> None:
+        self.ws, self.current, self.measured_result, self.original_figures = ws, None, None, None
+        self.shown_config, self._report, self.index = None, None, 0
+        self.loaded.emit(ws)
+        self.status.emit(f"{ws.loaded.display_name} on {ws.source.name}", False)
+        self.show_frame(0)
+        if ws.is_stream:
+            self.start_live()
+        else:
+            self._reading = True
+            self.runner.submit("read", ws.read_frames, FOLDER_LIMIT, on_error=self._on_error,
+                               on_result=lambda _: self._on_read_done())
+        self.apply(force=True)
+
+    def _on_read_done(self) -> None:
+        from ..core.compare import skipped_of
+
+        self._reading = False
+        skipped = skipped_of(self.ws.source)
+        if skipped:
+            names = ", ".join(Path(s["path"]).name for s in skipped[:3]) + ("…" if len(skipped) > 3 else "")
+            self.status.emit(f"skipped {len(skipped)} unreadable file(s): {names}", True)
+        self.frame_changed.emit(self.index)
+        self._start_evaluation()
+
+    # frames and predictions -------------------------------------------------------
+    def show_frame(self, index: int) -> None:
+        if self.ws is None or not self.ws.frames:
+            return
+        n = len(self.ws.frames)
+        self.index = n - 1 if self.ws.is_stream else index % n
+        self.frame_changed.emit(self.index)
+        self.infer()
+
+    def infer(self) -> None:
+        if self.ws is None or self.live is not None:
+            return
+        optimized = self.current.model if self.current else None
+        self.runner.submit("infer", _infer_job, self.ws, self.index, optimized, on_result=self._on_inferred,
+                           on_error=self._on_error)
+
+    def _on_inferred(self, result) -> None:
+        index, ref, new = result
+        if self.ws is None or index != self.index:
+            return
+        self.predicted.emit(index, ref, new)
+        if new is not None:
+            self.mark_shown()
+
+    def mark_shown(self) -> None:
+        """The optimized pane now shows the current model's output."""
+        if self.current is not None and self.shown_config != self.current.config:
+            self.shown_config = self.current.config
+            self.shown.emit(self.shown_config)
+
+    # live mode (camera, video) ------------------------------------------------------
+    def start_live(self, loop: bool = True) -> None:
+        """Run the stream through both models (see core.live); the window polls the newest frame."""
+        from ..core.live import LiveSession
+
+        ws = self.ws
+        self.live = LiveSession(ws.source, ws.loaded.model, self.current.model if self.current else None,
+                                ws.loaded.preprocess, loop=loop)
+        self.live.start()
+        self.live_changed.emit(True)
+
+    def stop_live(self) -> bool:
+        """Stop the capture and predictor threads; the capture device or file is released."""
+        live, self.live = self.live, None
+        if live is None:
+            return True
+        self.live_changed.emit(False)
+        return live.stop()
+
+    # optimization --------------------------------------------------------------------
+    def request(self, config: OptimizationConfig) -> None:
+        """A new configuration from the controls: applied once they rest (150 ms)."""
+        self.config = config
+        self._debounce.start()
+
+    def apply(self, force: bool = False) -> None:
+        from ..core.session import optimize_and_measure
+
+        if self.ws is None or (not force and self.current is not None and self.current.config == self.config):
+            return
+        self.runner.cancel("evaluate")
+        self._report = None
+        self.runner.submit("optimize", optimize_and_measure, self.ws, self.config, self.settings,
+                           on_result=self._on_measured, on_progress=self._on_progress, on_error=self._on_error)
+        if self.original_figures is None:
+            from ..core.session import measure_original
+
+            self.runner.submit("measure-original", measure_original, self.ws, self.settings,
+                               on_result=self._on_original_measured, on_error=self._on_error)
+
+    def _on_original_measured(self, figures: dict) -> None:
+        self.original_figures = figures
+        self.original_measured.emit(figures)
+        self._start_evaluation()
+
+    def _on_model_ready(self, opt) -> None:
+        self.current = opt
+        self.model_ready.emit(opt)
+        if self.live is not None:
+            self.live.set_optimized(opt.model)
+        self.infer()
+
+    def _on_measured(self, measured) -> None:
+        self.measured_result = measured
+        if self.current is not measured.optimized:
+            self._on_model_ready(measured.optimized)
+        self.measured.emit(measured)
+        opt = measured.optimized
+        self.status.emit(f"ready: {opt.config.label()} ({opt.description})"
+                         + (f"; methods: {', '.join(opt.methods)}" if opt.methods else ""), False)
+        self._start_evaluation()
+
+    def measure_sensitivity(self) -> None:
+        from ..core.session import sensitivity_job
+
+        if self.ws is not None:
+            self.runner.submit("sensitivity", sensitivity_job, self.ws, self.config, on_progress=self._on_progress,
+                               on_error=self._on_error, on_result=self.sensitivity_ready.emit)
+
+    def recover(self, seconds: float | None = None) -> None:
+        from ..core.session import recover_job
+
+        if self.ws is None or self.measured_result is None:
+            return
+        self.runner.cancel("evaluate")
+        self.runner.submit("recover", recover_job, self.ws, self.measured_result, self.settings,
+                           seconds or RECOVER_SECONDS, on_progress=self._on_progress, on_error=self._on_error,
+                           on_result=self._on_measured)
+
+    # evaluation -------------------------------------------------------------------------
+    def _start_evaluation(self) -> None:
+        from ..core.session import evaluate_steps
+
+        ws, measured = self.ws, self.measured_result
+        if ws is None or measured is None or ws.is_stream or self._reading or self.original_figures is None \
+                or measured.optimized.config != self.config:
+            return
+        self._evaluation = measured
+        self.evaluation_started.emit(ws.labelled)
+        self.runner.submit("evaluate", evaluate_steps, ws, measured.optimized.model,
+                           on_progress=self._on_eval_progress, on_error=self._on_error)
+
+    def _on_eval_progress(self, p) -> None:
+        self.evaluated.emit(p)
+        if p.final is not None and self._evaluation is self.measured_result:
+            from ..core.session import workspace_report
+
+            self._report = workspace_report(self.ws, self.original_figures, self.measured_result, p, self.settings)
+            self.report_ready.emit(self._report)
+            self.status.emit(f"evaluated {p.done} images: agreement {p.agreement:.1%}"
+                             + (f", top-1 {p.top1('original'):.1%} → {p.top1('optimized'):.1%}"
+                                if p.labelled else ""), False)
+
+    # status -------------------------------------------------------------------------------
+    def _on_progress(self, step) -> None:
+        from ..core.optimize import OptimizedModel
+
+        if isinstance(step, OptimizedModel):
+            self._on_model_ready(step)
+        elif isinstance(step, str):
+            self.progress.emit(step)
+
+    def _on_error(self, message: str) -> None:
+        self.status.emit(message, True)
+
+    def cancel(self) -> None:
+        for kind in LONG_JOBS:
+            self.runner.cancel(kind)
+        self.status.emit("cancelled", False)
+
+    def shutdown(self) -> bool:
+        self._debounce.stop()
+        stopped = self.stop_live()
+        return self.runner.shutdown() and stopped
+
+
+def _first_load(load_workspace, *args):
+    """The first job: torch is imported here, off the GUI thread, so the window paints first."""
+    from ..core.models import available_models
+    from ..core.process import setup_process
+
+    setup_process()
+    available_models()  # cached: the model picker fills from it without importing torchvision itself
+    yield from load_workspace(*args)
+
+
+def _infer_job(ws, index: int, optimized):
+    from ..core.session import predict_one
+
+    x = ws.inputs[index]
+    ref = ws.original_preds.get(index)
+    if ref is None:
+        ref = ws.original_preds[index] = predict_one(ws.loaded.model, x)
+    new = predict_one(optimized, x) if optimized is not None else None
+    return index, ref, new
