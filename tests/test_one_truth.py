@@ -1,0 +1,174 @@
+"""The window and the command line measure the same way (issue: one truth)."""
+
+import json
+import shlex
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+from conftest import write_images
+
+from workbench.core.config import BIT_STOPS, OptimizationConfig
+from workbench.ui import build_window
+
+LONG = 180_000
+SAME = ("top1", "top5", "size_bytes", "params", "nonzero_params", "macs")
+
+
+@pytest.fixture
+def folder(tmp_path):
+    names = ["n01440764_a.png", "n01443537_b.png", "n01484850_c.png", "n01491361_d.png", "n01494475_e.png",
+             "n01496331_f.png"]
+    write_images(tmp_path / "images", names, size=(72, 96))
+    return tmp_path / "images"
+
+
+def _run(command: str, *extra: str) -> dict:
+    args = shlex.split(command)
+    assert args[:4] == ["python", "-m", "workbench", "compare"]
+    out = subprocess.run([sys.executable, *args[1:], *extra], capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def _assert_same(report: dict, cli: dict) -> None:
+    assert set(report) == set(cli)
+    for side in ("original", "optimized"):
+        assert set(report[side]) == set(cli[side]), side
+        for key in SAME:
+            assert report[side][key] == cli[side][key], (side, key)
+    assert report["optimized"]["agreement"] == cli["optimized"]["agreement"]
+    assert report["config"] == cli["config"]
+    assert report["images"] == cli["images"] and report["labelled"] == cli["labelled"]
+
+
+@pytest.mark.gui
+def test_report_and_copied_command_give_the_same_numbers(qtbot, folder, tmp_path):
+    w = build_window(source=str(folder))
+    qtbot.addWidget(w)
+    w.show()
+    target = OptimizationConfig(sparsity=0.3, bits=8)
+    w.set_config(target)
+    qtbot.waitUntil(lambda: w.report() is not None and w.report()["config"]["bits"] == 8, timeout=LONG)
+    report = w.report()
+    assert report["images"] == 6 and report["labelled"] == 6
+    command = w.controller.command()
+    assert "--bits 8" in command and "--sparsity 0.3" in command
+    _assert_same(report, _run(command))
+    # compare --config reads the config block of a report
+    saved = tmp_path / "report.json"
+    saved.write_text(json.dumps(report))
+    _assert_same(report, _run(f"python -m workbench compare --images {shlex.quote(str(folder))} --json",
+                              "--config", str(saved)))
+    w.close()
+
+
+@pytest.mark.data
+@pytest.mark.gui
+def test_report_matches_compare_on_shared_photos(qtbot, imagenet_sample, tmp_path):
+    subset = tmp_path / "fifty"
+    subset.mkdir()
+    for p in sorted(imagenet_sample.iterdir())[:50]:
+        (subset / p.name).symlink_to(p)
+    w = build_window(source=str(subset))
+    qtbot.addWidget(w)
+    w.show()
+    w.set_config(OptimizationConfig(bits=4))
+    qtbot.waitUntil(lambda: w.report() is not None and w.report()["config"]["bits"] == 4, timeout=LONG)
+    _assert_same(w.report(), _run(w.controller.command()))
+    w.close()
+
+
+@pytest.mark.gui
+def test_bits_slider_to_4_gives_weights_only(qtbot):
+    w = build_window()
+    qtbot.addWidget(w)
+    w.show()
+    qtbot.waitUntil(lambda: w.ws is not None, timeout=LONG)
+    w.panel.bits_slider.setValue(BIT_STOPS.index(4))
+    qtbot.waitUntil(lambda: w.shown_config is not None and w.shown_config.bits == 4, timeout=LONG)
+    assert w.shown_config.quant_scheme == "weights" == OptimizationConfig(bits=4).quant_scheme
+    assert "weights only" in w.panel.quant_scheme.currentText()
+    w.panel.bits_slider.setValue(BIT_STOPS.index(8))
+    assert "weights + activations" in w.panel.quant_scheme.currentText()
+    w.close()
+
+
+@pytest.mark.gui
+def test_a_stale_result_never_replaces_a_newer_request(qtbot):
+    w = build_window()
+    qtbot.addWidget(w)
+    w.show()
+    qtbot.waitUntil(lambda: w.shown_config is not None, timeout=LONG)
+    measured, progress = [], []
+    w.controller.measured.connect(lambda m: measured.append(m.optimized.config))
+    w.controller.progress.connect(progress.append)
+    w.panel.sparsity_slider.setValue(30)
+    qtbot.waitUntil(lambda: any("prun" in p for p in progress), timeout=LONG)  # the first job is under way
+    w.panel.sparsity_slider.setValue(40)
+    qtbot.waitUntil(lambda: w.shown_config is not None and w.shown_config.sparsity == 0.4, timeout=LONG)
+    qtbot.waitUntil(lambda: bool(measured), timeout=LONG)
+    qtbot.wait(1000)  # room for a stale result to arrive
+    assert measured and all(c.sparsity == 0.4 for c in measured)
+    assert w.current.config.sparsity == 0.4 and w.controller.measured_result.optimized.config.sparsity == 0.4
+    w.close()
+
+
+@pytest.mark.gui
+def test_closing_with_jobs_in_flight_is_clean(qtbot, capfd):
+    w = build_window()
+    qtbot.addWidget(w)
+    w.show()
+    qtbot.waitUntil(lambda: w.shown_config is not None, timeout=LONG)
+    progress = []
+    w.controller.progress.connect(progress.append)
+    w.set_config(OptimizationConfig(sparsity=0.5, prune_method="unstructured-obs", bits=8))
+    qtbot.waitUntil(lambda: bool(progress), timeout=LONG)
+    assert w.runner.busy()
+    w.close()
+    assert w.runner.pool.activeThreadCount() == 0
+    assert not [t for t in threading.enumerate() if t.name.startswith("workbench-")]
+    qtbot.wait(200)
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "RuntimeError" not in err, err
+
+
+def test_timing_holds_the_apps_other_jobs(qtbot, tiny, tiny_inputs):
+    """While a latency is measured, no step of another job runs (they wait at their next step)."""
+    import torch
+
+    from workbench.core.measure import measure_latency
+    from workbench.ui.runner import Runner
+
+    steps: list[tuple[float, float]] = []
+    timed: list[tuple[float, float]] = []
+    stop = threading.Event()
+
+    def burner():
+        a = torch.randn(400, 400)
+        while not stop.is_set():
+            start = time.perf_counter()
+            for _ in range(20):
+                a = (a @ a).tanh_()
+            steps.append((start, time.perf_counter()))
+            yield "burning"
+
+    def measure():
+        latency = measure_latency(tiny, tiny_inputs[0], runs=200, warmup=0)
+        timed.append(time.perf_counter())
+        return latency
+
+    runner = Runner()
+    runner.submit("burn", burner)
+    qtbot.waitUntil(lambda: len(steps) > 3, timeout=30_000)
+    done = []
+    runner.submit("measure", measure, on_result=done.append)
+    qtbot.waitUntil(lambda: bool(done), timeout=60_000)
+    stop.set()
+    runner.shutdown()
+    # the 200 timed runs end at timed[0] and took at least 200 x their median
+    window = (timed[0] - 0.9 * done[0].median * 200 / 1000, timed[0])
+    overlapping = [s for s in steps if s[0] < window[1] and s[1] > window[0]]
+    assert len(steps) > 4 and not overlapping, (window, steps[-5:])
