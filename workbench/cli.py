@@ -135,7 +135,7 @@ def _table(report: dict) -> str:
     ]
     width = max(len(r[0]) for r in rows)
     lines = [f"{report['model']} on {report['source']}: {report['images']} images "
-             f"({report['labelled']} labelled), {report['threads']} threads",
+             f"({report['labelled']} labelled), {report['threads']} threads, {report['machine']['cpu']}",
              f"{'':{width}}  {'original':>24}  {'optimized':>24}"]
     lines += [f"{a:{width}}  {b:>24}  {c:>24}" for a, b, c in rows]
     lines.append(f"what ran: {q['description']}")
@@ -220,12 +220,9 @@ def run_speed(args) -> int:
     except (ModelLoadError, ValueError) as exc:
         return _fail(str(exc))
     if args.json:
-        import os
-        import platform
+        from .core.process import machine
 
-        print(json.dumps({"machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                                      "torch": __import__("torch").__version__},
-                          "rows": rows}, indent=1))
+        print(json.dumps({"machine": machine(), "rows": rows}, indent=1))
     return 0
 
 

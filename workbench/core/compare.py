@@ -14,6 +14,7 @@ from .config import MeasureSettings, OptimizationConfig, config_block
 from .measure import Predictions, agreement, mean_kl, predict, static_figures, write_model_file
 from .models import LoadedModel
 from .optimize import OptimizedModel, optimize_steps, relay
+from .process import machine
 
 
 @dataclass
@@ -80,7 +81,7 @@ def build_report(loaded: LoadedModel, opt: OptimizedModel, settings: MeasureSett
     return {"model": loaded.display_name, "random_weights": loaded.random_weights,
             "source": source_name, "config": config_block(opt.config, settings), "images": len(labels),
             "labelled": sum(y is not None for y in labels), "skipped": skipped,
-            "threads": torch.get_num_threads(), "original": original, "optimized": optimized}
+            "threads": torch.get_num_threads(), "machine": machine(), "original": original, "optimized": optimized}
 
 
 def compare_steps(loaded: LoadedModel, source, config: OptimizationConfig, settings: MeasureSettings | None = None,

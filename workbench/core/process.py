@@ -42,3 +42,19 @@ def flush_denormals() -> None:
     import torch
 
     torch.set_flush_denormal(True)
+
+
+def machine() -> dict:
+    """The machine a figure was measured on: CPU model, cores, torch and its threads."""
+    import os
+    import platform
+
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads()}

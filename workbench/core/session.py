@@ -16,7 +16,7 @@ import torch
 from .compare import build_report, optimized_figures, original_figures, skipped_of
 from .config import MeasureSettings, OptimizationConfig
 from .locks import running
-from .measure import Predictions
+from .measure import Predictions, measure_latency
 from .models import LoadedModel
 from .optimize import OptimizedModel, optimize_steps, relay
 from .sources import Frame, VideoSource
@@ -136,6 +136,7 @@ class Measured:
 
     optimized: OptimizedModel
     figures: dict
+    original_latency: dict  # the original's latency, timed just before the optimized one (same conditions)
 
     @property
     def latency_ms(self) -> float:
@@ -160,7 +161,13 @@ def optimize_and_measure(ws: Workspace, config: OptimizationConfig,
     result = yield from relay(optimize_steps(ws.loaded.model, config, calibration, workdir=folder))
     yield result
     yield "measuring latency (the app's other jobs wait) and file size"
-    yield Measured(result, optimized_figures(result, ws.inputs[0], folder, settings))
+    yield _measured(ws, result, folder, settings)
+
+
+def _measured(ws: Workspace, opt: OptimizedModel, folder: Path, settings: MeasureSettings) -> Measured:
+    """Both models timed back to back, so that their ratio is measured under one condition."""
+    original = measure_latency(ws.loaded.model, ws.inputs[0], settings.latency_runs, settings.warmup)
+    return Measured(opt, optimized_figures(opt, ws.inputs[0], folder, settings), original.to_dict())
 
 
 @dataclass
@@ -212,7 +219,8 @@ def workspace_report(ws: Workspace, original: dict, measured: Measured, evaluati
     """The report of ``compare --json`` for what the window evaluated (same function)."""
     ref, new = evaluation.final
     return build_report(ws.loaded, measured.optimized, settings, source_name=ws.source.name, labels=ws.labels,
-                        skipped=skipped_of(ws.source), original=original, optimized=measured.figures,
+                        skipped=skipped_of(ws.source), original={**original, "latency_ms": measured.original_latency},
+                        optimized=measured.figures,
                         ref=ref, new=new)
 
 
@@ -256,4 +264,4 @@ def recover_job(ws: Workspace, measured: Measured, settings: MeasureSettings,
     recovered = dataclasses.replace(opt, model=student, float_model=student,
                                     methods=opt.methods + [f"distillation ({seconds:.0f} s)"])
     yield "measuring the recovered model"
-    yield Measured(recovered, optimized_figures(recovered, ws.inputs[0], ws.config_dir(), settings))
+    yield _measured(ws, recovered, ws.config_dir(), settings)

@@ -55,6 +55,7 @@ class Controller(QObject):
         self.live = None  # LiveSession while a camera or video plays
         self._evaluation = None
         self._reading = False
+        self.notice = ""  # about the source, kept in the status line (e.g. unreadable files)
         self._debounce = QTimer(self, singleShot=True, interval=150)
         self._debounce.timeout.connect(self.apply)
 
@@ -99,7 +100,7 @@ class Controller(QObject):
 
     def _on_loaded(self, ws) -> None:
         self.ws, self.current, self.measured_result, self.original_figures = ws, None, None, None
-        self.shown_config, self._report, self.index = None, None, 0
+        self.shown_config, self._report, self.index, self.notice = None, None, 0, ""
         self.loaded.emit(ws)
         self.status.emit(f"{ws.loaded.display_name} on {ws.source.name}", False)
         self.show_frame(0)
@@ -118,7 +119,8 @@ class Controller(QObject):
         skipped = skipped_of(self.ws.source)
         if skipped:
             names = ", ".join(Path(s["path"]).name for s in skipped[:3]) + ("…" if len(skipped) > 3 else "")
-            self.status.emit(f"skipped {len(skipped)} unreadable file(s): {names}", True)
+            self.notice = f"skipped {len(skipped)} unreadable file(s): {names}"
+            self.status.emit(self.notice, True)
         self.frame_changed.emit(self.index)
         self._start_evaluation()
 
@@ -210,8 +212,8 @@ class Controller(QObject):
             self._on_model_ready(measured.optimized)
         self.measured.emit(measured)
         opt = measured.optimized
-        self.status.emit(f"ready: {opt.config.label()} ({opt.description})"
-                         + (f"; methods: {', '.join(opt.methods)}" if opt.methods else ""), False)
+        self._say(f"ready: {opt.config.label()} ({opt.description})"
+                  + (f"; methods: {', '.join(opt.methods)}" if opt.methods else ""))
         self._start_evaluation()
 
     def measure_sensitivity(self) -> None:
@@ -251,9 +253,8 @@ class Controller(QObject):
 
             self._report = workspace_report(self.ws, self.original_figures, self.measured_result, p, self.settings)
             self.report_ready.emit(self._report)
-            self.status.emit(f"evaluated {p.done} images: agreement {p.agreement:.1%}"
-                             + (f", top-1 {p.top1('original'):.1%} → {p.top1('optimized'):.1%}"
-                                if p.labelled else ""), False)
+            self._say(f"evaluated {p.done} images: agreement {p.agreement:.1%}"
+                      + (f", top-1 {p.top1('original'):.1%} → {p.top1('optimized'):.1%}" if p.labelled else ""))
 
     # status -------------------------------------------------------------------------------
     def _on_progress(self, step) -> None:
@@ -263,6 +264,10 @@ class Controller(QObject):
             self._on_model_ready(step)
         elif isinstance(step, str):
             self.progress.emit(step)
+
+    def _say(self, text: str) -> None:
+        """A status line that keeps the source's notice (unreadable files) in view."""
+        self.status.emit(f"{text}  ·  {self.notice}" if self.notice else text, bool(self.notice))
 
     def _on_error(self, message: str) -> None:
         self.status.emit(message, True)

@@ -100,4 +100,4 @@ class ModelPane(QGroupBox):
         else:
             ok = "✓" if truth == pred.top1 else "✗"
             self.truth.setText(f"true label: {classes[truth]} {ok}")
-        self.latency.setText(f"this frame: {pred.latency_ms:.1f} ms")
+        self.latency.setText(f"this frame: {pred.latency_ms:.0f} ms (one run, while the app works)")

@@ -57,8 +57,8 @@ class MainWindow(QMainWindow):
         self._rss.start()
         self._wire()
         self.original_pane.top1.setText("loading model…")
-        # let the window paint before torch loads (in the first job)
-        QTimer.singleShot(0, lambda: c.load(model, source))
+        # let the window paint before torch loads (in the first job, which competes for the GIL)
+        QTimer.singleShot(150, lambda: c.load(model, source) if c.model_spec is None else None)
 
     # layout ----------------------------------------------------------------------
     def _build(self, model: str) -> None:
@@ -298,8 +298,10 @@ class MainWindow(QMainWindow):
         original, measured = c.original_figures, c.measured_result
         self.plots.set_sizes(original["size_bytes"] if original else None,
                              measured.size_bytes if measured else None)
-        if new_latency and original and measured:
-            self.plots.add_latency(original["latency_ms"]["median"], measured.latency_ms)
+        if new_latency and original and measured:  # both timed back to back, in one job
+            self.plots.add_latency(measured.original_latency["median"], measured.latency_ms)
+            self.plots.add_point(TradeoffPoint(OptimizationConfig(), measured.original_latency["median"],
+                                               original["size_bytes"]))
 
     def _on_evaluated(self, p) -> None:
         if p.labelled:
