@@ -26,10 +26,17 @@ def imagenet_sample() -> Path:
     return folder
 
 
+@pytest.fixture(scope="session")
+def _session_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")
+
+
 @pytest.fixture(autouse=True)
-def _fresh_settings(tmp_path, monkeypatch):
-    """Keep tests away from the user's real settings."""
+def _fresh_settings(tmp_path, monkeypatch, _session_cache):
+    """Keep tests away from the user's real settings and caches (prepared pruning databases
+    are shared by the tests of one session)."""
     monkeypatch.setenv("WORKBENCH_SETTINGS_DIR", str(tmp_path / "settings"))
+    monkeypatch.setenv("WORKBENCH_CACHE_DIR", str(_session_cache))
 
 
 class TinyNet(nn.Module):

@@ -3,7 +3,7 @@
 import pytest
 
 from workbench.core.compare import compare
-from workbench.core.config import OptimizationConfig
+from workbench.core.config import MeasureSettings, OptimizationConfig
 from workbench.core.models import load_model
 from workbench.core.sources import open_source
 
@@ -17,7 +17,7 @@ def lite0():
 
 def test_float_top1_and_int8_agreement_on_all_500(imagenet_sample, lite0, tmp_path):
     report = compare(lite0, open_source(imagenet_sample), OptimizationConfig(bits=8),
-                     latency_runs=5, out_dir=tmp_path)
+                     MeasureSettings(latency_runs=5), out_dir=tmp_path)
     assert report["images"] == 500 and report["labelled"] == 500
     assert report["original"]["top1"] >= 0.80
     assert report["optimized"]["kernels"].startswith("int8")
@@ -27,14 +27,14 @@ def test_float_top1_and_int8_agreement_on_all_500(imagenet_sample, lite0, tmp_pa
 @pytest.mark.parametrize("config", [OptimizationConfig(runtime="onnxruntime"),
                                     OptimizationConfig(bits=8, runtime="onnxruntime")], ids=["ort-fp32", "ort-int8"])
 def test_onnxruntime_agrees_with_float(imagenet_sample, lite0, tmp_path, config):
-    report = compare(lite0, open_source(imagenet_sample, limit=200), config, latency_runs=3, out_dir=tmp_path)
+    report = compare(lite0, open_source(imagenet_sample, limit=200), config, MeasureSettings(latency_runs=3), out_dir=tmp_path)
     assert report["optimized"]["kernels"].startswith("onnxruntime")
     assert report["optimized"]["agreement"] >= 0.90
 
 
 def test_smart_allocation_beats_uniform_at_the_same_target(imagenet_sample, lite0, tmp_path):
     def top1(config):
-        report = compare(lite0, open_source(imagenet_sample, limit=150), config, latency_runs=2, out_dir=tmp_path)
+        report = compare(lite0, open_source(imagenet_sample, limit=150), config, MeasureSettings(latency_runs=2), out_dir=tmp_path)
         return report["optimized"]["top1"]
 
     bits = OptimizationConfig(bits=4, quant_scheme="weights")

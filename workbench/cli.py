@@ -18,7 +18,8 @@ def _optimization_options(p) -> None:
 
     prune, prune_help = _choices(methods.PRUNE_METHODS)
     p.add_argument("--sparsity", type=float, default=0.0, help="0 to 0.95")
-    p.add_argument("--prune-method", default="unstructured-global", choices=prune, help=prune_help)
+    p.add_argument("--prune-method", default=methods.DEFAULT_PRUNE_METHOD, choices=prune,
+                   help=f"default: {methods.DEFAULT_PRUNE_METHOD}; " + prune_help)
     p.add_argument("--bits", type=int, default=32, help="32 (off), 16, 8 .. 2")
     schemes, scheme_help = _choices(methods.QUANT_SCHEMES)
     p.add_argument("--quant-scheme", choices=schemes, default=None,
@@ -54,6 +55,8 @@ def _compare_parser(sub) -> None:
     p.add_argument("--runtime", choices=runtimes, default="torch", help=runtime_help)
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
                    help="run the optimized model on the GPU (float and 16-bit; default: %(default)s)")
+    p.add_argument("--target-macs", type=float, default=None, metavar="F",
+                   help="keep this fraction of the original MACs: structured-hidden pruning with sparsity 1 - F")
     p.add_argument("--round-to", type=int, default=1,
                    help="structured pruning keeps channel counts a multiple of this (e.g. 8)")
     p.add_argument("--exclude", action="append", default=[], help="layer name to leave alone (repeatable)")
@@ -84,6 +87,13 @@ def _settings_and_config(args):
             raise ConfigError("--layer-bits takes LAYER=BITS, e.g. blocks.3.0.conv=6") from None
 
     b = base or OptimizationConfig()
+    if args.target_macs is not None:
+        if not 0.05 <= args.target_macs <= 1.0:
+            raise ConfigError(f"--target-macs must be between 0.05 and 1, got {args.target_macs}")
+        args.sparsity = round(1.0 - args.target_macs, 4)
+        if "--prune-method" not in args.argv:
+            args.prune_method = "structured-hidden"
+        given = None if given is None else given | {"--sparsity", "--prune-method"}
     bits = pick("--bits", args.bits, b.bits)
     scheme = pick("--quant-scheme", args.quant_scheme, b.quant_scheme)
     if given is not None and "--bits" in given and "--quant-scheme" not in given:

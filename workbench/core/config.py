@@ -29,7 +29,10 @@ class OptimizationConfig:
     """Pruning and quantization settings. Frozen: build a new one to change it.
 
     sparsity: share of weights (unstructured) or channels (structured) removed, 0 to 0.95.
-    prune_method: "unstructured-obs" (1x1 convolutions and linear layers pruned at one rate
+    prune_method: a key of :data:`methods.PRUNE_METHODS`: "unstructured-obc" (default: per-layer
+        mask database with OBS reconstruction, sparsities by dynamic programming), "structured-hidden"
+        (hidden channels, least squares; ``sparsity`` is then the share of MACs removed),
+        "unstructured-obs" (1x1 convolutions and linear layers pruned at one rate
         with SparseGPT's Optimal-Brain-Surgeon reconstruction; depthwise and first convolution
         kept), "unstructured" (magnitude, per layer), "unstructured-global" (magnitude, one
         threshold), "unstructured-sensitivity" (per-layer sparsity allocated from measured
@@ -52,7 +55,7 @@ class OptimizationConfig:
     """
 
     sparsity: float = 0.0
-    prune_method: str = "unstructured-global"
+    prune_method: str = methods.DEFAULT_PRUNE_METHOD
     bits: int = 32
     quant_scheme: str | None = None
     per_channel: bool = True

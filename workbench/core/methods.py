@@ -21,6 +21,8 @@ class Method:
     label: str  # what the window shows
     help: str  # one sentence: what it does and what it trades
     handler: str = ""  # "module:function" relative to workbench.core, for methods that run code
+    structured: bool = False  # pruning: removes whole channels (smaller dense layers), no zeros left
+    own_batchnorm: bool = False  # pruning: sets BatchNorm itself (no re-estimation afterwards)
 
     def run(self):
         module, _, name = self.handler.partition(":")
@@ -32,6 +34,10 @@ def _table(*methods: Method) -> dict[str, Method]:
 
 
 PRUNE_METHODS = _table(
+    Method("unstructured-obc", "unstructured, OBC database + allocation",
+           "per-layer sparsities from a dynamic program over each layer's measured loss, weights "
+           "reconstructed (OBS); depthwise and stem dense; prepared once per model and source (about a "
+           "minute), then instant", "optimize:prune_obc", own_batchnorm=True),
     Method("unstructured-global", "unstructured, global magnitude",
            "zeros the smallest weights over all layers with one threshold; zeros in dense kernels save no time",
            "optimize:prune_global"),
@@ -43,9 +49,14 @@ PRUNE_METHODS = _table(
            "optimize:prune_sensitivity"),
     Method("unstructured", "unstructured, per layer",
            "the same sparsity in every layer, smallest magnitudes first", "optimize:prune_per_layer"),
-    Method("structured", "structured channels",
-           "removes whole channels (torch-pruning): physically smaller layers, really faster",
-           "optimize:prune_structured"),
+    Method("structured-hidden", "structured: hidden channels + least squares",
+           "removes expanded channels of inverted-residual blocks (never the residual stream), per-block "
+           "ratios from measured loss, project convs re-solved by least squares; the slider is the share of "
+           "MACs removed; physically smaller, really faster", "optimize:prune_hidden", structured=True,
+           own_batchnorm=True),
+    Method("structured", "structured channels (L2 magnitude)",
+           "removes whole channels by L2 magnitude (torch-pruning), no reconstruction: physically smaller "
+           "layers, really faster, but costs much accuracy", "optimize:prune_structured", structured=True),
 )
 
 QUANT_SCHEMES = _table(
@@ -80,6 +91,10 @@ RECOVERY = _table(
     Method("distillation", "recover accuracy (distillation)",
            "fine-tunes the optimized float model on the source's images towards the original's outputs"),
 )
+
+
+# the best measured pruning (docs/benchmarks.md: 50 % unstructured on EfficientNet-Lite0)
+DEFAULT_PRUNE_METHOD = "unstructured-obc"
 
 
 def default_scheme(bits: int) -> str:

@@ -81,7 +81,7 @@ class OptimizedModel:
         if self.file is not None:
             return self.file, self.file.stat().st_size, "onnx"
         cfg = self.config
-        sparse = cfg.sparsity > 0 and cfg.prune_method != "structured"
+        sparse = cfg.sparsity > 0 and not PRUNE_METHODS[cfg.prune_method].structured
         if cfg.simulated or sparse:
             path = Path(folder) / f"{name}.wbpack"
             size, fmt = write_model_file(path, self.float_model, quant_bits=self.quant_bits,
@@ -108,7 +108,9 @@ class OptimizedModel:
                 what = "weights" if cfg.quant_scheme == "weights" else "weights+activations"
                 parts.append(f"{cfg.bits}-bit {what} simulated (float kernels)")
         if cfg.sparsity:
-            if cfg.prune_method == "structured":
+            if cfg.prune_method == "structured-hidden":
+                parts.append(f"{cfg.sparsity:.0%} of MACs removed (hidden channels): smaller dense layers")
+            elif cfg.prune_method == "structured":
                 parts.append(f"{cfg.sparsity:.0%} of channels removed: smaller dense layers")
             else:
                 parts.append(f"{cfg.sparsity:.0%} zeros in dense kernels: no speedup expected")
@@ -170,6 +172,7 @@ def optimize_steps(model: nn.Module, config: OptimizationConfig, calibration: Se
     result = OptimizedModel(work, work, config)
     if config.sparsity:
         yield from _prune(work, model, config, calibration, result)
+        work = result.float_model  # a structured method may have built a new, smaller network
     if config.bits < 32:
         if config.real_int8 and config.runtime == "onnxruntime":
             result.quant_bits = {n: 8 for n in prunable_layers(work, config.exclude)}
@@ -197,7 +200,7 @@ def _sensitivity(model, calibration, kind, value, exclude, key) -> Iterator[str 
 def _prune(work, original, config: OptimizationConfig, calibration, result: OptimizedModel) -> Iterator[str]:
     yield f"pruning ({config.prune_method}, {config.sparsity:.0%})"
     yield from PRUNE_METHODS[config.prune_method].run()(work, original, config, calibration, result)
-    if config.bn_recalibration and calibration:
+    if config.bn_recalibration and calibration and not PRUNE_METHODS[config.prune_method].own_batchnorm:
         from .recover import recalibrate_bn_if_better_
 
         yield "re-estimating BatchNorm statistics"
@@ -223,6 +226,48 @@ def prune_structured(work, original, config, calibration, result) -> Iterator[st
     if not calibration:
         raise OptimizeError("structured pruning needs one example image")
     yield from prune_structured_(work, config.sparsity, calibration[0], config.exclude, config.round_to)
+
+
+_OBC_DATABASES: dict = {}  # (model, calibration, exclude) -> PruneDatabase: slider moves skip the disk
+
+
+def prune_obc(work, original, config, calibration, result) -> Iterator[str]:
+    """OBC-style: the per-layer database is prepared once (cached in memory and on disk), then
+    a sparsity is a dynamic program over the per-layer losses plus a stitch of stored weights."""
+    from .process import cache_dir
+    from .prune_obc import prepare_steps
+
+    if not calibration:
+        raise OptimizeError("the OBC pruning database needs calibration images")
+    key = (id(original), tuple(id(x) for x in calibration), tuple(config.exclude))
+    db = _OBC_DATABASES.get(key, (None,))[-1]  # the entry holds the objects: their ids stay theirs
+    if db is None:
+        db = yield from relay(prepare_steps(original, calibration, config.exclude, cache_dir=cache_dir()))
+        _OBC_DATABASES.clear()  # one at a time: a database of Lite0 holds about 120 MB
+        _OBC_DATABASES[key] = (original, list(calibration), db)
+    reach = db.max_sparsity()
+    if config.sparsity > reach:
+        result.notes.append(f"reached {reach:.1%} zeros: the most with depthwise and stem layers dense")
+    per_layer = db.apply_(work, min(config.sparsity, reach))
+    result.allocation["sparsity"] = {n: round(p, 4) for n, p in per_layer.items()}
+    result.methods += ["OBS reconstruction (per-layer mask database)", "sparsity allocation by dynamic programming"]
+    result.notes.append("depthwise and stem layers kept dense (too sensitive for their size)")
+    yield "pruned"
+
+
+def prune_hidden(work, original, config, calibration, result) -> Iterator[str]:
+    """Hidden channels of inverted-residual blocks, least-squares project convs (prune_channels)."""
+    from .prune_channels import prune_hidden_channels_steps
+
+    if len(calibration) < 2:
+        raise OptimizeError("structured pruning with reconstruction needs calibration images (32 or more)")
+    out = yield from relay(prune_hidden_channels_steps(work, 1.0 - config.sparsity, calibration,
+                                                       round_to=max(config.round_to, 8), exclude=config.exclude,
+                                                       sensitivity_images=max(1, min(32, len(calibration) // 2))))
+    result.model = result.float_model = out["model"]
+    result.allocation["kept_channels"] = {n: round(f, 4) for n, f in out["allocation"].items()}
+    result.methods += ["per-block ratios from measured loss", "least-squares reconstruction (OBS channel choice)"]
+    result.notes.append(f"MACs kept: {out['macs'] / out['original_macs']:.1%}")
 
 
 def prune_obs(work, original, config, calibration, result) -> Iterator[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 _done = False
 
@@ -58,3 +59,14 @@ def machine() -> dict:
     except OSError:
         pass
     return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads()}
+
+
+def cache_dir() -> Path:
+    """Where prepared data (pruning databases) are kept between runs: ``$WORKBENCH_CACHE_DIR``,
+    else ``$XDG_CACHE_HOME/workbench``, else ``~/.cache/workbench``."""
+    import os
+
+    root = os.environ.get("WORKBENCH_CACHE_DIR")
+    if root:
+        return Path(root)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "workbench"

@@ -24,7 +24,7 @@ class ModelPane(QGroupBox):
         self.setAccessibleName(f"{title} model")
         layout = QVBoxLayout(self)
         self.image = QLabel(alignment=Qt.AlignmentFlag.AlignCenter)
-        self.image.setMinimumSize(200, 150)
+        self.image.setMinimumSize(160, 120)
         self.image.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
         self.top1 = QLabel("…")
         self.top1.setObjectName(f"{key}Top1")

@@ -25,7 +25,10 @@ def _plot(name: str, title: str, left: str, bottom: str) -> pg.PlotWidget:
     w.setLabel("left", left)
     w.setLabel("bottom", bottom)
     w.showGrid(x=True, y=True, alpha=0.3)
+    for axis in ("left", "bottom"):  # top-1 0.5 must not read "500 (x0.001)"
+        w.getAxis(axis).enableAutoSIPrefix(False)
     w.setMinimumHeight(150)
+    w.setMinimumWidth(180)
     w.addLegend(offset=(-5, 5))
     return w
 
@@ -45,11 +48,11 @@ class Plots(QObject):
 
     def __init__(self, parent=None, window: int = 200):
         super().__init__(parent)
-        self.latency = _plot("latencyPlot", "Latency: median, measured alone", "ms", "configuration tried")
+        self.latency = _plot("latencyPlot", "Latency, measured alone", "ms", "configuration tried")
         self.memory = _plot("memoryPlot", "Model file size", "MB", "")
         self.rss = _plot("rssPlot", "Process memory", "MB", "s")
         self.accuracy = _plot("accuracyPlot", "Accuracy", "top-1", "images evaluated")
-        self.tradeoff = _plot("tradeoffPlot", "Trade-off (click a point to go back)", "top-1", "latency (ms)")
+        self.tradeoff = _plot("tradeoffPlot", "Trade-off (click a point)", "top-1", "latency (ms)")
         self.lat = {k: deque(maxlen=window) for k in ("original", "optimized")}
         self.frame_no = deque(maxlen=window)
         self.rss_t: deque[float] = deque(maxlen=600)
