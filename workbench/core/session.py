@@ -152,14 +152,33 @@ def measure_original(ws: Workspace, settings: MeasureSettings) -> dict:
     return original_figures(ws.loaded, ws.inputs[0], ws.out_dir, settings)
 
 
-def optimize_and_measure(ws: Workspace, config: OptimizationConfig,
-                         settings: MeasureSettings) -> Iterator[str | OptimizedModel | Measured]:
+@dataclass(frozen=True)
+class FramePredictions:
+    """Both models' predictions for one frame."""
+
+    index: int
+    original: Prediction
+    optimized: Prediction | None
+
+
+def predict_frame(ws: Workspace, index: int, optimized) -> FramePredictions:
+    ref = ws.original_preds.get(index)
+    if ref is None:
+        ref = ws.original_preds[index] = predict_one(ws.loaded.model, ws.inputs[index])
+    return FramePredictions(index, ref, predict_one(optimized, ws.inputs[index]) if optimized is not None else None)
+
+
+def optimize_and_measure(ws: Workspace, config: OptimizationConfig, settings: MeasureSettings,
+                         index: int | None = None) -> Iterator[str | OptimizedModel | FramePredictions | Measured]:
     """Optimize the workspace's model for ``config`` and measure it (a generator): yields
-    progress, the optimized model (so its predictions can show at once), then :class:`Measured`."""
+    progress, the optimized model and its predictions for frame ``index`` (so they show before
+    the figures), then :class:`Measured`."""
     folder = ws.config_dir()
     calibration = ws.calibration(settings.calibration_images)
     result = yield from relay(optimize_steps(ws.loaded.model, config, calibration, workdir=folder))
     yield result
+    if index is not None and index < len(ws.inputs):
+        yield predict_frame(ws, index, result.model)
     yield "measuring latency (the app's other jobs wait) and file size"
     yield _measured(ws, result, folder, settings)
 

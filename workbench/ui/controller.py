@@ -140,12 +140,11 @@ class Controller(QObject):
         self.runner.submit("infer", _infer_job, self.ws, self.index, optimized, on_result=self._on_inferred,
                            on_error=self._on_error)
 
-    def _on_inferred(self, result) -> None:
-        index, ref, new = result
-        if self.ws is None or index != self.index:
+    def _on_inferred(self, p) -> None:
+        if self.ws is None or p.index != self.index:
             return
-        self.predicted.emit(index, ref, new)
-        if new is not None:
+        self.predicted.emit(p.index, p.original, p.optimized)
+        if p.optimized is not None:
             self.mark_shown()
 
     def mark_shown(self) -> None:
@@ -187,12 +186,8 @@ class Controller(QObject):
         self.runner.cancel("evaluate")
         self._report = None
         self.runner.submit("optimize", optimize_and_measure, self.ws, self.config, self.settings,
-                           on_result=self._on_measured, on_progress=self._on_progress, on_error=self._on_error)
-        if self.original_figures is None:
-            from ..core.session import measure_original
-
-            self.runner.submit("measure-original", measure_original, self.ws, self.settings,
-                               on_result=self._on_original_measured, on_error=self._on_error)
+                           None if self.live else self.index, on_result=self._on_measured,
+                           on_progress=self._on_progress, on_error=self._on_error)
 
     def _on_original_measured(self, figures: dict) -> None:
         self.original_figures = figures
@@ -200,16 +195,23 @@ class Controller(QObject):
         self._start_evaluation()
 
     def _on_model_ready(self, opt) -> None:
+        """The optimized model exists; its job predicts the current frame next (before measuring)."""
+        self.runner.cancel("infer")
         self.current = opt
         self.model_ready.emit(opt)
         if self.live is not None:
             self.live.set_optimized(opt.model)
-        self.infer()
 
     def _on_measured(self, measured) -> None:
         self.measured_result = measured
         if self.current is not measured.optimized:
             self._on_model_ready(measured.optimized)
+            self.infer()
+        if self.original_figures is None and not self.runner.busy("measure-original"):
+            from ..core.session import measure_original  # after the first result: nothing competes
+
+            self.runner.submit("measure-original", measure_original, self.ws, self.settings,
+                               on_result=self._on_original_measured, on_error=self._on_error)
         self.measured.emit(measured)
         opt = measured.optimized
         self._say(f"ready: {opt.config.label()} ({opt.description})"
@@ -259,9 +261,12 @@ class Controller(QObject):
     # status -------------------------------------------------------------------------------
     def _on_progress(self, step) -> None:
         from ..core.optimize import OptimizedModel
+        from ..core.session import FramePredictions
 
         if isinstance(step, OptimizedModel):
             self._on_model_ready(step)
+        elif isinstance(step, FramePredictions):
+            self._on_inferred(step)
         elif isinstance(step, str):
             self.progress.emit(step)
 
@@ -294,11 +299,6 @@ def _first_load(load_workspace, *args):
 
 
 def _infer_job(ws, index: int, optimized):
-    from ..core.session import predict_one
+    from ..core.session import predict_frame
 
-    x = ws.inputs[index]
-    ref = ws.original_preds.get(index)
-    if ref is None:
-        ref = ws.original_preds[index] = predict_one(ws.loaded.model, x)
-    new = predict_one(optimized, x) if optimized is not None else None
-    return index, ref, new
+    return predict_frame(ws, index, optimized)
