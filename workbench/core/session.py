@@ -101,12 +101,13 @@ class Workspace:
 
 
 def load_workspace(model_spec: str | LoadedModel, source_spec, settings: MeasureSettings,
-                   first: int = 16) -> Iterator[str | Workspace]:
+                   limit: int | None = None, first: int = 16) -> Iterator[str | Workspace]:
     """Job: load the model and the source and read the first frames (at least the
     calibration images); yields progress, then a Workspace. The rest of a folder is read
-    later, while the user looks at the first image."""
+    later, while the user looks at the first image. ``limit``: files of a folder taken, as
+    ``compare --limit`` takes them."""
     from .models import load_model
-    from .sources import open_source
+    from .sources import ImageFolderSource, open_source
 
     if isinstance(model_spec, LoadedModel):
         loaded = model_spec
@@ -115,6 +116,8 @@ def load_workspace(model_spec: str | LoadedModel, source_spec, settings: Measure
         loaded = load_model(model_spec)
     yield "opening source"
     ws = Workspace(loaded, open_source(source_spec))
+    if limit and isinstance(ws.source, ImageFolderSource):
+        ws.source.files = ws.source.files[:limit]
     if ws.is_stream:
         for _ in range(8):  # calibration frames; live mode takes over from here
             frame = ws.source.read()
