@@ -13,7 +13,7 @@ import time
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 
-def wait(app, predicate, timeout=180.0):
+def wait(app, predicate, timeout=600.0):
     end = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > end:
@@ -47,7 +47,7 @@ def main() -> int:
     wait(app, lambda: w.shown_config is not None and w.shown_config.bits == args.bits
          and round(w.shown_config.sparsity * 100) == args.sparsity)
     ready = time.monotonic() - released
-    wait(app, lambda: not w.runner.busy("evaluate"))
+    wait(app, lambda: w.report() is not None)
     w.controller.show_frame(1)
     wait(app, lambda: not w.runner.busy("infer"))
     for _ in range(30):

@@ -7,7 +7,7 @@ from workbench.core.config import BIT_STOPS, OptimizationConfig
 from workbench.ui import build_window
 
 pytestmark = pytest.mark.gui
-LONG = 120_000  # ms; generous for a loaded 2-core CI machine
+LONG = 300_000  # ms; generous for a loaded 2-core CI machine (the first pruning prepares a database)
 
 
 @pytest.fixture
