@@ -13,7 +13,7 @@ from conftest import write_images
 from workbench.core.config import BIT_STOPS, OptimizationConfig
 from workbench.ui import build_window
 
-LONG = 180_000
+LONG = 300_000
 SAME = ("top1", "top5", "size_bytes", "params", "nonzero_params", "macs")
 
 

@@ -146,7 +146,6 @@ class Controller(QObject):
         self.predicted.emit(p.index, p.original, p.optimized)
         if p.optimized is not None:
             self.mark_shown()
-        self._measure_original()
 
     def mark_shown(self) -> None:
         """The optimized pane now shows the current model's output."""
@@ -208,20 +207,16 @@ class Controller(QObject):
         if self.current is not measured.optimized:
             self._on_model_ready(measured.optimized)
             self.infer()
-        self._measure_original()
+        if self.original_figures is None and not self.runner.busy("measure-original"):
+            from ..core.session import measure_original  # after the first result: nothing competes
+
+            self.runner.submit("measure-original", measure_original, self.ws, self.settings,
+                               on_result=self._on_original_measured, on_error=self._on_error)
         self.measured.emit(measured)
         opt = measured.optimized
         self._say(f"ready: {opt.config.label()} ({opt.description})"
                   + (f"; methods: {', '.join(opt.methods)}" if opt.methods else ""))
         self._start_evaluation()
-
-    def _measure_original(self) -> None:
-        """Once the first predictions show (the first thing a user waits for), time the original."""
-        if self.original_figures is None and not self.runner.busy("measure-original"):
-            from ..core.session import measure_original
-
-            self.runner.submit("measure-original", measure_original, self.ws, self.settings,
-                               on_result=self._on_original_measured, on_error=self._on_error)
 
     def measure_sensitivity(self) -> None:
         from ..core.session import sensitivity_job
