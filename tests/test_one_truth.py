@@ -25,6 +25,13 @@ def folder(tmp_path):
     return tmp_path / "images"
 
 
+def _open(qtbot, source=None):
+    w = build_window(source=source)
+    qtbot.addWidget(w)
+    w.show()
+    return w
+
+
 def _run(command: str, *extra: str) -> dict:
     args = shlex.split(command)
     assert args[:4] == ["python", "-m", "workbench", "compare"]
@@ -46,9 +53,7 @@ def _assert_same(report: dict, cli: dict) -> None:
 
 @pytest.mark.gui
 def test_report_and_copied_command_give_the_same_numbers(qtbot, folder, tmp_path):
-    w = build_window(source=str(folder))
-    qtbot.addWidget(w)
-    w.show()
+    w = _open(qtbot, source=str(folder))
     target = OptimizationConfig(sparsity=0.3, bits=8)
     w.set_config(target)
     qtbot.waitUntil(lambda: w.report() is not None and w.report()["config"]["bits"] == 8, timeout=LONG)
@@ -72,9 +77,7 @@ def test_report_matches_compare_on_shared_photos(qtbot, imagenet_sample, tmp_pat
     subset.mkdir()
     for p in sorted(imagenet_sample.iterdir())[:50]:
         (subset / p.name).symlink_to(p)
-    w = build_window(source=str(subset))
-    qtbot.addWidget(w)
-    w.show()
+    w = _open(qtbot, source=str(subset))
     w.set_config(OptimizationConfig(bits=4))
     qtbot.waitUntil(lambda: w.report() is not None and w.report()["config"]["bits"] == 4, timeout=LONG)
     _assert_same(w.report(), _run(w.controller.command()))
@@ -83,9 +86,7 @@ def test_report_matches_compare_on_shared_photos(qtbot, imagenet_sample, tmp_pat
 
 @pytest.mark.gui
 def test_bits_slider_to_4_gives_weights_only(qtbot):
-    w = build_window()
-    qtbot.addWidget(w)
-    w.show()
+    w = _open(qtbot)
     qtbot.waitUntil(lambda: w.ws is not None, timeout=LONG)
     w.panel.bits_slider.setValue(BIT_STOPS.index(4))
     qtbot.waitUntil(lambda: w.shown_config is not None and w.shown_config.bits == 4, timeout=LONG)
@@ -98,9 +99,7 @@ def test_bits_slider_to_4_gives_weights_only(qtbot):
 
 @pytest.mark.gui
 def test_a_stale_result_never_replaces_a_newer_request(qtbot):
-    w = build_window()
-    qtbot.addWidget(w)
-    w.show()
+    w = _open(qtbot)
     qtbot.waitUntil(lambda: w.shown_config is not None, timeout=LONG)
     measured, progress = [], []
     w.controller.measured.connect(lambda m: measured.append(m.optimized.config))
@@ -118,9 +117,7 @@ def test_a_stale_result_never_replaces_a_newer_request(qtbot):
 
 @pytest.mark.gui
 def test_closing_with_jobs_in_flight_is_clean(qtbot, capfd):
-    w = build_window()
-    qtbot.addWidget(w)
-    w.show()
+    w = _open(qtbot)
     qtbot.waitUntil(lambda: w.shown_config is not None, timeout=LONG)
     progress = []
     w.controller.progress.connect(progress.append)

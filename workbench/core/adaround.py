@@ -21,34 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .locks import running
 from .quantize import QUANT_LAYERS
+from .recover import layer_inputs
 
 ZETA, GAMMA = 1.1, -0.1
-
-
-class _Stop(Exception):
-    pass
-
-
-def _inputs_of(model: nn.Module, layer: nn.Module, batches: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    out: list[torch.Tensor] = []
-
-    def pre(m, inputs):
-        out.append(inputs[0])
-        raise _Stop
-
-    h = layer.register_forward_pre_hook(pre)
-    try:
-        with torch.no_grad(), running():
-            for b in batches:
-                try:
-                    model(b)
-                except _Stop:
-                    pass
-    finally:
-        h.remove()
-    return out
 
 
 def _rows(layer: nn.Module, xs: Sequence[torch.Tensor], idx: list[torch.Tensor] | None):
@@ -159,8 +135,8 @@ def adaround_steps(model: nn.Module, bits: int, calibration: Sequence[torch.Tens
     gen = torch.Generator().manual_seed(0)
     scales: dict[str, torch.Tensor] = {}
     for i, (name, layer) in enumerate(layers.items()):
-        xq = _inputs_of(model, layer, batches)
-        xf = _inputs_of(reference, ref_layers[name], batches)
+        xq = layer_inputs(model, layer, batches)
+        xf = layer_inputs(reference, ref_layers[name], batches)
         idx = _sample(layer, xq, max_rows, gen)
         rows_q, _ = _rows(layer, xq, idx)
         rows_f, _ = _rows(layer, xf, idx)

@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .locks import running
+from .recover import layer_inputs
 
 
 @dataclass
@@ -97,10 +98,6 @@ def find_hidden_groups(model: nn.Module, exclude: Sequence[str] = ()) -> list[Hi
             continue
         groups.append(HiddenGroup(name, *names, channels=leaves[0][1].out_channels))
     return groups
-
-
-class _Stop(Exception):
-    pass
 
 
 def _modules(model: nn.Module) -> dict[str, nn.Module]:
@@ -177,24 +174,7 @@ def _batches(inputs: Sequence[torch.Tensor], size: int) -> list[torch.Tensor]:
 
 def _inputs_of(model: nn.Module, block: str, batches: list[torch.Tensor]) -> list[torch.Tensor]:
     """The inputs of module ``block`` when ``model`` runs each batch (stops there)."""
-    mod = _modules(model)[block]
-    out: list[torch.Tensor] = []
-
-    def pre(m, inputs):
-        out.append(inputs[0])
-        raise _Stop
-
-    h = mod.register_forward_pre_hook(pre)
-    try:
-        with torch.no_grad(), running():
-            for b in batches:
-                try:
-                    model(b)
-                except _Stop:
-                    pass
-    finally:
-        h.remove()
-    return out
+    return layer_inputs(model, _modules(model)[block], batches)
 
 
 def _bn_affine(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:

@@ -29,6 +29,31 @@ def _batches(inputs: Sequence[torch.Tensor], size: int = 16) -> Iterator[torch.T
         yield torch.cat(list(inputs[i:i + size]))
 
 
+class _Stop(Exception):
+    """Ends a forward pass once the wanted inputs are captured."""
+
+
+def layer_inputs(model: nn.Module, layer: nn.Module, batches: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """The inputs of ``layer`` when ``model`` runs each batch (each pass stops there)."""
+    out: list[torch.Tensor] = []
+
+    def pre(_module, inputs):
+        out.append(inputs[0])
+        raise _Stop
+
+    handle = layer.register_forward_pre_hook(pre)
+    try:
+        with torch.no_grad(), running():
+            for b in batches:
+                try:
+                    model(b)
+                except _Stop:
+                    pass
+    finally:
+        handle.remove()
+    return out
+
+
 def recalibrate_bn_(model: nn.Module, calibration: Sequence[torch.Tensor]) -> int:
     """Re-estimate every BatchNorm's running statistics on ``calibration`` (in place).
     Returns how many BatchNorm layers were updated."""
