@@ -292,7 +292,8 @@ def write_model_file(path: Path, model: nn.Module, *, quant_bits: dict[str, int]
         model.save(str(path))
         fmt = "torchscript"
     else:
-        torch.save(model.state_dict(), path)
+        with open(path, "wb") as f:  # a file object: the archive's inner name does not follow the file's
+            torch.save(model.state_dict(), f)
         fmt = "torch-state-dict"
     return path.stat().st_size, fmt
 
