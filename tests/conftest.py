@@ -1,3 +1,4 @@
+import gc
 import os
 from pathlib import Path
 
@@ -37,6 +38,9 @@ def _fresh_settings(tmp_path, monkeypatch, _session_cache):
     are shared by the tests of one session)."""
     monkeypatch.setenv("WORKBENCH_SETTINGS_DIR", str(tmp_path / "settings"))
     monkeypatch.setenv("WORKBENCH_CACHE_DIR", str(_session_cache))
+    yield
+    if not gc.isenabled():  # a window moved collection to the GUI thread: collect there now
+        gc.collect()
 
 
 class TinyNet(nn.Module):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from pyqtgraph.util.garbage_collector import GarbageCollector
 from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtGui import QGuiApplication
 from PySide6.QtWidgets import (
@@ -38,11 +39,24 @@ SOURCES = [("Sample photos", None), ("Open image folder…", "dialog:folder"), (
            ("Open image…", "dialog:image"), ("Camera 0", "camera:0")]
 
 
+_GC: GarbageCollector | None = None
+
+
+def collect_in_gui_thread() -> None:
+    """Python's collector runs in whichever thread allocates: in a worker it can free a Qt
+    object there and deadlock against the GUI thread (seen: a worker's deepcopy collected a
+    closed window's QMenu). Collect on a GUI-thread timer instead (pyqtgraph's recipe)."""
+    global _GC
+    if _GC is None:
+        _GC = GarbageCollector(interval=0.5)
+
+
 class MainWindow(QMainWindow):
     shown = Signal(object)  # OptimizationConfig whose result the optimized pane now shows
 
     def __init__(self, model: str | None = None, source: str | None = None):
         super().__init__()
+        collect_in_gui_thread()
         self.setWindowTitle("Workbench: pruning and quantization, side by side")
         self.setAcceptDrops(True)
         self.controller = c = Controller(parent=self)
