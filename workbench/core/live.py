@@ -2,13 +2,17 @@
 predictor thread per model that always works on the newest frame.
 
 The display (the window's timer) runs at the source's rate, independent of inference.
-Each predictor runs torch with one intra-op thread, so the two models share the two
-cores instead of over-subscribing them.
+What the eye sees comes first: predictor threads run at a lower OS priority, and a
+:class:`RateGovernor` lowers their prediction rate whenever the display misses frames or
+the GUI thread lags, and raises it again while the display keeps up. Each predictor runs
+torch with one intra-op thread, so the two models share the cores instead of
+over-subscribing them.
 """
 
 from __future__ import annotations
 
 import gc
+import os
 import sys
 import threading
 import time
@@ -96,9 +100,14 @@ class Predictor(threading.Thread):
     """Runs one model on the newest frame, again and again. ``model`` may be swapped
     at any time (the next prediction uses the new one)."""
 
+    NICE = 10  # below capture and display: the scheduler gives predictions the CPU that is left
+
     def __init__(self, name: str, grabber: Grabber, model, preprocess, max_rate: float = 12.0):
         super().__init__(name=f"workbench-predict-{name}", daemon=True)
-        self.max_rate = max_rate  # predictions per second: leaves a core's share for capture and display
+        self.max_rate = max_rate  # predictions per second, set by the RateGovernor
+        self.runtime = ""  # what runs the model, for the pane (set with the model)
+        self.owner = None  # what the model stands for (set with it); latest_owner: of the latest prediction
+        self.latest_owner = None
         self.grabber = grabber
         self.model = model
         self.preprocess = preprocess
@@ -111,6 +120,10 @@ class Predictor(threading.Thread):
 
     def run(self) -> None:
         flush_denormals()
+        try:  # Linux sets a nice value per thread; elsewhere the governor alone protects the display
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self.NICE)
+        except (AttributeError, OSError):
+            pass
         done_seq = 0
         while not self._halt.is_set():
             with self.grabber.new_frame:
@@ -122,7 +135,7 @@ class Predictor(threading.Thread):
                 if not self.grabber.is_alive():
                     return
                 continue
-            model = self.model
+            model, owner = self.model, self.owner
             if model is None:
                 time.sleep(0.01)
                 continue
@@ -137,6 +150,7 @@ class Predictor(threading.Thread):
                 time.sleep(0.2)
                 continue
             done_seq = stamped.seq
+            self.latest_owner = owner
             self.latest = (stamped.seq, pred)
             self.count += 1
             now = time.perf_counter()
@@ -173,14 +187,59 @@ def compile_for_live(model, example):
         return model
 
 
+class RateGovernor:
+    """Predictions per second from the display's health, measured rather than fixed:
+    every ``period`` seconds, if the display showed fewer than ``keep`` of the frames the
+    source delivered, or the GUI thread's worst lag exceeded ``max_lag_ms``, the rate is
+    multiplied by ``backoff`` (down to ``floor``); while the display keeps up it climbs by
+    ``step`` (up to ``ceiling``, the source's frame rate). Additive increase,
+    multiplicative decrease, as TCP shares a link."""
+
+    def __init__(self, ceiling: float, floor: float = 2.0, start: float = 12.0, period: float = 1.0,
+                 keep: float = 0.95, max_lag_ms: float = 40.0, backoff: float = 0.7, step: float = 1.0):
+        self.ceiling, self.floor = ceiling, min(floor, ceiling)
+        self.rate = min(max(start, self.floor), ceiling)
+        self.period, self.keep, self.max_lag_ms, self.backoff, self.step = period, keep, max_lag_ms, backoff, step
+        self._read = self._shown = 0
+        self._lag = 0.0
+        self._since: float | None = None
+
+    def observe(self, read: int, shown: int, lag_ms: float, now: float) -> float:
+        """Count frames the source delivered and the display showed since the last call,
+        and the GUI thread's lag; returns the rate to use from now on."""
+        self._read += read
+        self._shown += shown
+        self._lag = max(self._lag, lag_ms)
+        if self._since is None:
+            self._since = now
+        elif now - self._since >= self.period:
+            starved = self._read > 0 and self._shown < self.keep * self._read
+            if starved or self._lag > self.max_lag_ms:
+                self.rate = max(self.floor, self.rate * self.backoff)
+            else:
+                self.rate = min(self.ceiling, self.rate + self.step)
+            self._read = self._shown = 0
+            self._lag = 0.0
+            self._since = now
+        return self.rate
+
+
 class LiveSession:
-    """A grabber and two predictors: start, swap the optimized model, pause, stop."""
+    """A grabber, two predictors and the governor of their rate: start, swap the optimized
+    model, pause, stop."""
 
     def __init__(self, source: VideoSource, original, optimized, preprocess, loop: bool = True,
                  max_rate: float = 12.0):
         self.grabber = Grabber(source, loop)
-        self.original = Predictor("original", self.grabber, original, preprocess, max_rate)
-        self.optimized = Predictor("optimized", self.grabber, optimized, preprocess, max_rate)
+        self.governor = RateGovernor(ceiling=self.grabber.fps, start=max_rate)
+        self.original = Predictor("original", self.grabber, original, preprocess, self.governor.rate)
+        self.optimized = Predictor("optimized", self.grabber, optimized, preprocess, self.governor.rate)
+        self.original.runtime = self.optimized.runtime = "torch"
+
+    def display_report(self, read: int, shown: int, lag_ms: float, now: float) -> None:
+        """The display's tick: frames delivered and shown since the last tick, the GUI lag."""
+        rate = self.governor.observe(read, shown, lag_ms, now)
+        self.original.max_rate = self.optimized.max_rate = rate
 
     def start(self) -> None:
         import cv2
@@ -201,8 +260,10 @@ class LiveSession:
         self.original.start()
         self.optimized.start()
 
-    def set_optimized(self, model) -> None:
-        self.optimized.model = model
+    def set_optimized(self, model, runtime: str = "torch", owner=None) -> None:
+        """Run ``model`` from the next prediction on; ``owner`` (the optimization result it
+        comes from) is reported with each prediction it makes."""
+        self.optimized.model, self.optimized.runtime, self.optimized.owner = model, runtime, owner
 
     def pause(self, paused: bool) -> None:
         self.grabber.pause(paused)
@@ -225,6 +286,26 @@ class LiveSession:
     @property
     def threads(self) -> list[threading.Thread]:
         return [self.grabber, self.original, self.optimized]
+
+
+def live_runtime_steps(optimized, calibration, workdir: Path):
+    """The fastest real runtime for an optimized model in live mode: a model that runs as
+    torch int8 is exported and quantized with ONNX Runtime (static int8, the same
+    calibration images), which runs it several times faster on x86 CPUs. Yields progress,
+    then ``(model, runtime label)``; other configurations stay as they are."""
+    from .deploy import OrtModel, export_onnx, quantize_onnx_int8
+
+    config = optimized.config
+    if not config.real_int8 or config.runtime != "torch" or not calibration:
+        yield optimized.model, optimized.kernels or "torch"
+        return
+    workdir.mkdir(parents=True, exist_ok=True)
+    stem = f"live-{abs(hash(config))}"
+    yield "live: exporting the optimized model to ONNX"
+    path = export_onnx(optimized.float_model, calibration[0], workdir / f"{stem}.onnx")
+    yield "live: quantizing it with ONNX Runtime"
+    path = quantize_onnx_int8(path, workdir / f"{stem}-int8.onnx", calibration, config.per_channel)
+    yield OrtModel(path, threads=1), "ONNX Runtime int8"
 
 
 def make_test_video(path: Path, seconds: float = 3.0, fps: int = 30, size: tuple[int, int] = (640, 480)) -> Path:

@@ -123,6 +123,7 @@ class VideoSource:
     target: str | int
     limit: int | None = None
     loop: bool = False
+    size: tuple[int, int] | None = None  # a camera's resolution to ask for (it may give another)
     skipped: list[Skipped] = field(default_factory=list)
     labelled = False
 
@@ -135,6 +136,9 @@ class VideoSource:
             if isinstance(self.target, int):
                 raise SourceError(f"camera {self.target} cannot be opened (absent, busy, or no permission)")
             raise SourceError(f"cannot open video {self.target}")
+        if self.size and isinstance(self.target, int):
+            self._cap.set(cv2.CAP_PROP_FRAME_WIDTH, self.size[0])
+            self._cap.set(cv2.CAP_PROP_FRAME_HEIGHT, self.size[1])
         self.fps = self._cap.get(cv2.CAP_PROP_FPS) or 30.0
 
     @property
@@ -178,14 +182,21 @@ class VideoSource:
 
 def open_source(spec: str | Path | int | None, limit: int | None = None):
     """A source from what the user typed: None (sample photos), a folder, an image,
-    a video file, or a camera index ("0", "camera:0")."""
+    a video file, or a camera index ("0", "camera:0", "camera:0@1280x720" for a resolution)."""
     if spec is None or spec == "samples":
         return ImageFolderSource(SAMPLES, limit)
     if isinstance(spec, int):
         return VideoSource(spec, limit)
     text = str(spec)
     if text.isdigit() or text.startswith("camera:"):
-        return VideoSource(int(text.removeprefix("camera:")), limit)
+        index, _, size = text.removeprefix("camera:").partition("@")
+        try:
+            wh = tuple(int(v) for v in size.lower().split("x")) if size else None
+            if wh is not None and (len(wh) != 2 or min(wh) <= 0):
+                raise ValueError
+            return VideoSource(int(index), limit, size=wh)
+        except ValueError:
+            raise SourceError(f"not a camera: {text!r} (write camera:N or camera:N@WIDTHxHEIGHT)") from None
     path = Path(text).expanduser()
     if path.is_dir():
         return ImageFolderSource(path, limit)

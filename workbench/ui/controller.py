@@ -159,10 +159,39 @@ class Controller(QObject):
         from ..core.live import LiveSession
 
         ws = self.ws
-        self.live = LiveSession(ws.source, ws.loaded.model, self.current.model if self.current else None,
-                                ws.loaded.preprocess, loop=loop)
+        self.live = LiveSession(ws.source, ws.loaded.model, None, ws.loaded.preprocess, loop=loop)
         self.live.start()
         self.live_changed.emit(True)
+        if self.current is not None:
+            self._live_optimized(self.current)
+
+    def _live_optimized(self, opt) -> None:
+        """Run ``opt`` live: at once as it is, then on the fastest real runtime for its
+        configuration once that is built (ONNX Runtime int8 for int8)."""
+        from ..core.live import live_runtime_steps
+
+        self.live.set_optimized(opt.model, f"torch ({opt.kernels})", owner=opt)
+
+        def swap(result):
+            model, runtime = result
+            if self.live is not None and self.current is opt:
+                self.live.set_optimized(model, runtime, owner=opt)
+
+        self.runner.submit("live-runtime", live_runtime_steps, opt, self.ws.calibration(self.settings.calibration_images),
+                           self.ws.out_dir / "live", on_result=swap, on_progress=self._on_progress,
+                           on_error=self._on_error)
+
+    def reopen(self) -> None:
+        """Open the current source again (a camera that was unplugged or busy)."""
+        if self.source_spec is not None:
+            self.notice = ""
+            self.load(self.ws.loaded if self.ws else self.model_spec, self.source_spec)
+
+    def live_failed(self, message: str) -> None:
+        """The stream broke (a camera unplugged): stop, and keep the message in view."""
+        self.stop_live()
+        self.notice = message
+        self.status.emit(message, True)
 
     def stop_live(self) -> bool:
         """Stop the capture and predictor threads; the capture device or file is released."""
@@ -200,7 +229,7 @@ class Controller(QObject):
         self.current = opt
         self.model_ready.emit(opt)
         if self.live is not None:
-            self.live.set_optimized(opt.model)
+            self._live_optimized(opt)
 
     def _on_measured(self, measured) -> None:
         self.measured_result = measured

@@ -22,6 +22,13 @@ def _wait(app, predicate, timeout: float) -> None:
         time.sleep(0.005)
 
 
+def _p50_p99(values: list[float]) -> dict:
+    if not values:
+        return {"p50": None, "p99": None}
+    ordered = sorted(values)
+    return {"p50": round(statistics.median(ordered), 2), "p99": round(ordered[int(0.99 * (len(ordered) - 1))], 2)}
+
+
 def bench_live(video: str, seconds: float, config: OptimizationConfig) -> dict:
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
     from PySide6.QtCore import QElapsedTimer, QTimer
@@ -53,7 +60,9 @@ def bench_live(video: str, seconds: float, config: OptimizationConfig) -> dict:
     probe.timeout.connect(tick)
     start = {"read": live.grabber.frames_read, "shown": w.live_display.stats["displayed"],
              "orig": live.original.count, "opt": live.optimized.count}
+    w.live_display.stats["tick_ms"] = []
     rss_start = proc.memory_info().rss / 1e6
+    proc.cpu_percent(None)
     clock.start()
     probe.start()
     t0 = time.monotonic()
@@ -76,8 +85,12 @@ def bench_live(video: str, seconds: float, config: OptimizationConfig) -> dict:
                       "p99": round(sorted(lags[1:])[int(0.99 * (len(lags) - 2))], 2) if len(lags) > 1 else None,
                       "samples": max(0, len(lags) - 1)},
         "dropped_frames": max(0, read - shown),
+        "display_tick_ms": _p50_p99(w.live_display.stats["tick_ms"]),  # GUI-thread time per display tick
         "rss_mb": {"start": round(rss_start, 1), "end": round(proc.memory_info().rss / 1e6, 1)},
+        "cpu_percent": round(proc.cpu_percent(None), 1),  # of one core: 200 is both cores of two
         "cpu_count": os.cpu_count(),
+        "runtime": {"original": live.original.runtime, "optimized": live.optimized.runtime},
+        "prediction_rate_limit": round(live.governor.rate, 2),
     }
     w.close()
     return result

@@ -3,6 +3,8 @@ LiveSession well above the source's rate and shows them in the panes."""
 
 from __future__ import annotations
 
+import time
+
 from PySide6.QtCore import QObject, Qt, QTimer
 
 from .panes import to_pixmap
@@ -23,10 +25,19 @@ class LiveDisplay(QObject):
             self.stats = {"displayed": 0, "last_seq": 0}
             # poll well above the source rate: a late tick still shows the newest frame
             self.timer.start(max(4, int(250 / self.c.live.grabber.fps)))
+            self._last_tick = time.perf_counter()
         else:
             self.timer.stop()
 
     def _on_tick(self) -> None:
+        started = time.perf_counter()
+        self._tick()
+        cost = self.stats.setdefault("tick_ms", [])
+        cost.append((time.perf_counter() - started) * 1000)
+        if len(cost) > 2000:
+            del cost[:1000]
+
+    def _tick(self) -> None:
         live, ws = self.c.live, self.c.ws
         if live is None or ws is None:
             return
@@ -34,7 +45,12 @@ class LiveDisplay(QObject):
         original, optimized = self.panes
         ref, new = live.original.latest, live.optimized.latest
         stamped = live.grabber.latest
+        now = time.perf_counter()
+        lag_ms = max(0.0, (now - self._last_tick) * 1000 - self.timer.interval())
+        self._last_tick = now
+        read = shown = 0
         if stamped is not None and stamped.seq != self.stats["last_seq"]:
+            read, shown = stamped.seq - self.stats["last_seq"], 1
             self.stats["last_seq"] = stamped.seq
             self.stats["displayed"] += 1
             pixmap = to_pixmap(stamped.frame.rgb)
@@ -46,17 +62,20 @@ class LiveDisplay(QObject):
         if new is not None and new[0] != self.stats.get("new_seq"):
             self.stats["new_seq"] = new[0]
             optimized.show_prediction(new[1], classes, None, differs=ref is not None and new[1].top1 != ref[1].top1)
-            if self.c.current and live.optimized.model is self.c.current.model:
+            if self.c.current is not None and live.optimized.latest_owner is self.c.current:
                 self.c.mark_shown()
-        for pane, pred, rate in ((original, ref, live.original.rate()), (optimized, new, live.optimized.rate())):
-            pane.latency.setText(f"{rate:.1f} predictions/s · this frame {pred[1].latency_ms:.0f} ms, while busy"
-                                 if pred else "")
+        # the display's health sets how often the models predict (core.live.RateGovernor)
+        live.display_report(read, shown, lag_ms, now)
+        for pane, predictor, pred in ((original, live.original, ref), (optimized, live.optimized, new)):
+            pane.latency.setText(f"{predictor.rate():.1f} predictions/s (display first: up to "
+                                 f"{predictor.max_rate:.0f}/s now) · {predictor.runtime} · this frame "
+                                 f"{pred[1].latency_ms:.0f} ms, while busy" if pred else predictor.runtime)
         self.frame_label.setText(f"live: frame {live.grabber.frames_read}")
         error = live.grabber.error or live.original.error or live.optimized.error
-        if error:
+        if live.grabber.error:
+            self.c.live_failed(live.grabber.error)
+        elif error:
             self.status(error, True)
-            if live.grabber.error:
-                self.c.stop_live()
         elif live.grabber.ended and not live.grabber.is_alive():
             self.status(f"{ws.source.name}: end of video", False)
             self.timer.stop()

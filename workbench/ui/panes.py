@@ -29,6 +29,7 @@ class ModelPane(QGroupBox):
         self.top1 = QLabel("…")
         self.top1.setObjectName(f"{key}Top1")
         self.top1.setAccessibleName(f"{title} top-1 class")
+        self.scale = 1.0  # demo mode: larger type
         self.top1.setStyleSheet("font-size: 15px; font-weight: bold;")
         self.top1.setWordWrap(True)
         self.truth = QLabel("")
@@ -75,22 +76,33 @@ class ModelPane(QGroupBox):
         scaled = self._pixmap.scaled(self.image.size(), Qt.AspectRatioMode.KeepAspectRatio, mode)
         if self._caption:
             painter = QPainter(scaled)
-            painter.fillRect(0, 0, scaled.width(), 26, QColor(0, 0, 0, 150))
+            band = round(26 * self.scale)
+            painter.fillRect(0, 0, scaled.width(), band, QColor(0, 0, 0, 150))
             painter.setPen(QColor("white"))
             font = painter.font()
-            font.setPointSize(12)
+            font.setPointSize(round(12 * self.scale))
             font.setBold(True)
             painter.setFont(font)
-            painter.drawText(8, 19, self._caption)
+            painter.drawText(8, round(19 * self.scale), self._caption)
             painter.end()
         self.image.setPixmap(scaled)
+
+    def set_scale(self, scale: float) -> None:
+        self.scale = scale
+        self._style_top1()
+        self._rescale()
+
+    def _style_top1(self) -> None:
+        color = " color: #c0392b;" if getattr(self, "_differs", False) else ""
+        self.top1.setStyleSheet(f"font-size: {round(15 * self.scale)}px; font-weight: bold;{color}")
 
     def show_prediction(self, pred, classes: list[str], truth: int | None,
                         differs: bool = False) -> None:
         name = classes[pred.top1] if pred.top1 < len(classes) else str(pred.top1)
         mark = "  ≠ original" if differs else ""
         self.top1.setText(f"{name}  {pred.top5[0][1]:.0%}{mark}")
-        self.top1.setStyleSheet("font-size: 15px; font-weight: bold;" + (" color: #c0392b;" if differs else ""))
+        self._differs = differs
+        self._style_top1()
         for (label, bar), (idx, p) in zip(self.bars, pred.top5):
             label.setText(classes[idx] if idx < len(classes) else str(idx))
             bar.setValue(int(p * 1000))

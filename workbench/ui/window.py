@@ -28,6 +28,7 @@ from PySide6.QtWidgets import (
 from ..core.config import DEFAULT_MODEL, OptimizationConfig
 from .config_panel import ConfigPanel
 from .controller import Controller
+from .demo import ShowControls
 from .layers import LayersView
 from .live_view import LiveDisplay
 from .panes import ModelPane
@@ -36,7 +37,8 @@ from .plots import Plots, TradeoffPoint
 MODEL_SUFFIXES = {".pt", ".pth", ".ts", ".ckpt", ".bin"}
 OPEN_MODEL = "Open model file…"
 SOURCES = [("Sample photos", None), ("Open image folder…", "dialog:folder"), ("Open video…", "dialog:video"),
-           ("Open image…", "dialog:image"), ("Camera 0", "camera:0")]
+           ("Open image…", "dialog:image"), ("Camera 0", "camera:0"), ("Camera 1", "camera:1")]
+CAMERA_SIZES = [("default size", ""), ("640×480", "640x480"), ("1280×720", "1280x720"), ("1920×1080", "1920x1080")]
 
 
 _GC: GarbageCollector | None = None
@@ -86,19 +88,28 @@ class MainWindow(QMainWindow):
         self.source_picker.setAccessibleName("Source")
         for text, data in SOURCES:
             self.source_picker.addItem(text, data)
-        pick = QFormLayout()
+        self.camera_size = QComboBox(objectName="cameraSize", toolTip="Resolution asked of the camera")
+        self.camera_size.setAccessibleName("Camera resolution")
+        for text, data in CAMERA_SIZES:
+            self.camera_size.addItem(text, data)
+        self.pickers = QWidget()
+        pick = QFormLayout(self.pickers)
+        pick.setContentsMargins(0, 0, 0, 0)
         pick.addRow("Model", self.model_picker)
         pick.addRow("Source", self.source_picker)
+        pick.addRow("Camera", self.camera_size)
         self.copy_button = QPushButton("Copy as command", objectName="copyCommandButton")
         self.copy_button.setToolTip("Put the python -m workbench compare command that gives these numbers "
                                     "on the clipboard")
         pick.addRow(self.copy_button)
-        controls.addLayout(pick)
+        controls.addWidget(self.pickers)
         self.panel = ConfigPanel()
         controls.addWidget(self.panel, 2)
         outer.addLayout(controls)
 
-        panes = QHBoxLayout()
+        self.panes_box = QWidget(objectName="panesBox")
+        panes = QHBoxLayout(self.panes_box)
+        panes.setContentsMargins(0, 0, 0, 0)
         self.original_pane = ModelPane("Original", "original")
         self.optimized_pane = ModelPane("Optimized", "optimized")
         panes.addWidget(self.original_pane)
@@ -115,7 +126,7 @@ class MainWindow(QMainWindow):
         left = QWidget()
         ll = QVBoxLayout(left)
         ll.setContentsMargins(0, 0, 0, 0)
-        ll.addLayout(panes, 1)
+        ll.addWidget(self.panes_box, 1)
         ll.addLayout(nav)
 
         plots = QWidget()
@@ -124,6 +135,7 @@ class MainWindow(QMainWindow):
         memory = QTabWidget()
         memory.addTab(self.plots.memory, "file size")
         memory.addTab(self.plots.rss, "process memory")
+        self._memory_tabs = memory
         grid.addWidget(self.plots.latency, 0, 0)
         grid.addWidget(memory, 0, 1)
         grid.addWidget(self.plots.accuracy, 1, 0)
@@ -143,9 +155,16 @@ class MainWindow(QMainWindow):
         self.progress = QProgressBar(maximumWidth=200, visible=False)
         self.cancel_button = QPushButton("Cancel", visible=False, objectName="cancelButton")
         self.statusBar().addWidget(self.status_text, 1)
+        self.reopen_button = QPushButton("Reopen camera", visible=False, objectName="reopenButton")
+        self.statusBar().addPermanentWidget(self.reopen_button)
         self.statusBar().addPermanentWidget(self.progress)
         self.statusBar().addPermanentWidget(self.cancel_button)
         self.resize(1280, 720)
+        self.show_controls = ShowControls(
+            self, self.panes_box, [self.pickers, self.copy_button, self.plots.latency, self._memory_tabs,
+                                   self.plots.accuracy, self.right_tabs.tabBar(), self.prev_button, self.next_button],
+            self._show_status, lambda s: [p.set_scale(s) for p in (self.original_pane, self.optimized_pane)])
+        nav.addWidget(self.show_controls)
 
     # wiring -------------------------------------------------------------------------
     def _wire(self) -> None:
@@ -165,6 +184,8 @@ class MainWindow(QMainWindow):
         self.layers.recover_requested.connect(c.recover)
         self.plots.point_clicked.connect(self.set_config)
         self.cancel_button.clicked.connect(c.cancel)
+        self.camera_size.activated.connect(lambda _: self._on_source_picked(self.source_picker.currentIndex()))
+        self.reopen_button.clicked.connect(lambda: (self.reopen_button.hide(), c.reopen()))
         c.status.connect(self._show_status)
         c.progress.connect(self._on_progress)
         c.busy_changed.connect(lambda busy: (self.progress.setVisible(busy), self.cancel_button.setVisible(busy)))
@@ -233,13 +254,16 @@ class MainWindow(QMainWindow):
                 path, _ = QFileDialog.getOpenFileName(self, f"Open {kind}", "", f"{kind.title()} ({pattern})")
             if path:
                 self.controller.open_source(path)
-        elif data != self.controller.source_spec:
-            self.controller.open_source(data)
+        else:
+            if isinstance(data, str) and data.startswith("camera:") and self.camera_size.currentData():
+                data = f"{data}@{self.camera_size.currentData()}"
+            if data != self.controller.source_spec:
+                self.controller.open_source(data)
 
     def _name_source(self) -> None:
         """The source picker names what is open (a folder, video or image by its name)."""
         spec, p = self.controller.source_spec, self.source_picker
-        index = p.findData(spec)
+        index = p.findData(spec.split("@")[0] if str(spec).startswith("camera:") else spec)
         if index < 0:
             name = Path(str(spec)).name or str(spec)
             p.insertItem(0, f"{name}", spec)
@@ -351,13 +375,16 @@ class MainWindow(QMainWindow):
         self.plots.add_rss(psutil.Process().memory_info().rss / 1e6)
 
     def _on_progress(self, step: str) -> None:
-        self.status_text.setText(step)
+        notice = self.controller.notice  # a source's problem stays in view while jobs report progress
+        self._show_status(f"{step}  ·  {notice}" if notice else step, bool(notice))
         m = re.search(r"(\d+)/(\d+)", step)
         self.progress.setRange(0, int(m.group(2)) if m else 0)
         if m:
             self.progress.setValue(int(m.group(1)))
 
     def _show_status(self, text: str, error: bool = False) -> None:
+        camera = str(self.controller.source_spec).startswith("camera:")
+        self.reopen_button.setVisible(camera and (error or self.reopen_button.isVisible()))
         self.status_text.setText(text)
         self.status_text.setStyleSheet("color: #c0392b;" if error else "")
 
@@ -372,6 +399,7 @@ class MainWindow(QMainWindow):
             self.open_path(urls[0].toLocalFile())
 
     def closeEvent(self, event):  # noqa: N802
+        self.show_controls.close()
         self._play.stop()
         self._rss.stop()
         self.plots.timer.stop()
