@@ -43,7 +43,7 @@ class Slow:
 
 
 def test_governor_backs_off_when_the_display_starves_and_climbs_back():
-    g = RateGovernor(ceiling=30, floor=2, start=12, period=1.0)
+    g = RateGovernor(ceiling=30, floor=2, start=12, period=1.0, keep=0.9, max_lag_ms=50, step=1.0)
     t = 0.0
     g.observe(0, 0, 0, t)
     for _ in range(20):  # the display shows a third of the frames

@@ -2,9 +2,10 @@
 predictor thread per model that always works on the newest frame.
 
 The display (the window's timer) runs at the source's rate, independent of inference.
-What the eye sees comes first: predictor threads run at a lower OS priority, and a
-:class:`RateGovernor` lowers their prediction rate whenever the display misses frames or
-the GUI thread lags, and raises it again while the display keeps up. Each predictor runs
+What the eye sees comes first: a :class:`RateGovernor` lowers the predictors' rate
+whenever the display misses frames or the GUI thread lags, and raises it again while the
+display keeps up. (A lower OS priority for the predictor threads was tried and measured
+worse: a descheduled predictor holding the GIL stalls the GUI thread.) Each predictor runs
 torch with one intra-op thread, so the two models share the cores instead of
 over-subscribing them.
 """
@@ -12,7 +13,6 @@ over-subscribing them.
 from __future__ import annotations
 
 import gc
-import os
 import sys
 import threading
 import time
@@ -100,8 +100,6 @@ class Predictor(threading.Thread):
     """Runs one model on the newest frame, again and again. ``model`` may be swapped
     at any time (the next prediction uses the new one)."""
 
-    NICE = 10  # below capture and display: the scheduler gives predictions the CPU that is left
-
     def __init__(self, name: str, grabber: Grabber, model, preprocess, max_rate: float = 12.0):
         super().__init__(name=f"workbench-predict-{name}", daemon=True)
         self.max_rate = max_rate  # predictions per second, set by the RateGovernor
@@ -120,10 +118,6 @@ class Predictor(threading.Thread):
 
     def run(self) -> None:
         flush_denormals()
-        try:  # Linux sets a nice value per thread; elsewhere the governor alone protects the display
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self.NICE)
-        except (AttributeError, OSError):
-            pass
         done_seq = 0
         while not self._halt.is_set():
             with self.grabber.new_frame:
@@ -195,8 +189,8 @@ class RateGovernor:
     ``step`` (up to ``ceiling``, the source's frame rate). Additive increase,
     multiplicative decrease, as TCP shares a link."""
 
-    def __init__(self, ceiling: float, floor: float = 2.0, start: float = 12.0, period: float = 1.0,
-                 keep: float = 0.95, max_lag_ms: float = 40.0, backoff: float = 0.7, step: float = 1.0):
+    def __init__(self, ceiling: float, floor: float = 2.0, start: float = 12.0, period: float = 2.0,
+                 keep: float = 0.95, max_lag_ms: float = 100.0, backoff: float = 0.7, step: float = 3.0):
         self.ceiling, self.floor = ceiling, min(floor, ceiling)
         self.rate = min(max(start, self.floor), ceiling)
         self.period, self.keep, self.max_lag_ms, self.backoff, self.step = period, keep, max_lag_ms, backoff, step

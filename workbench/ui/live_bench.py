@@ -12,6 +12,8 @@ import psutil
 
 from ..core.config import OptimizationConfig
 
+SETTLE_S = 5.0
+
 
 def _wait(app, predicate, timeout: float) -> None:
     end = time.monotonic() + timeout
@@ -44,6 +46,8 @@ def bench_live(video: str, seconds: float, config: OptimizationConfig) -> dict:
     w.set_config(config)
     _wait(app, lambda: w.shown_config == config, 300)
     _wait(app, lambda: w.runner.busy() is False, 120)
+    settle = time.monotonic() + SETTLE_S  # the prediction rate finds its level after the app's own jobs
+    _wait(app, lambda: time.monotonic() > settle, SETTLE_S + 5)
 
     live = w.live
     lags: list[float] = []

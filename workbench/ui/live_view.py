@@ -1,5 +1,7 @@
 """Live mode on screen: polls the newest frame and predictions of the controller's
-LiveSession well above the source's rate and shows them in the panes."""
+LiveSession well above the source's rate and shows them in the panes. Each frame is shown
+with its top-1 captions; the top-5 bars and figures, whose relayout costs the GUI thread
+far more, follow four times a second."""
 
 from __future__ import annotations
 
@@ -8,6 +10,8 @@ import time
 from PySide6.QtCore import QObject, Qt, QTimer
 
 from .panes import to_pixmap
+
+TEXT_PERIOD_S = 0.25  # top-5 bars and figures; the video and its top-1 caption follow every frame
 
 
 class LiveDisplay(QObject):
@@ -26,6 +30,7 @@ class LiveDisplay(QObject):
             # poll well above the source rate: a late tick still shows the newest frame
             self.timer.start(max(4, int(250 / self.c.live.grabber.fps)))
             self._last_tick = time.perf_counter()
+            self._last_text = 0.0
         else:
             self.timer.stop()
 
@@ -36,6 +41,20 @@ class LiveDisplay(QObject):
         cost.append((time.perf_counter() - started) * 1000)
         if len(cost) > 2000:
             del cost[:1000]
+
+    def _show_text(self, live, ref, new, classes) -> None:
+        original, optimized = self.panes
+        if ref is not None and ref[0] != self.stats.get("ref_seq"):
+            self.stats["ref_seq"] = ref[0]
+            original.show_prediction(ref[1], classes, None)
+        if new is not None and new[0] != self.stats.get("new_seq"):
+            self.stats["new_seq"] = new[0]
+            optimized.show_prediction(new[1], classes, None, differs=ref is not None and new[1].top1 != ref[1].top1)
+        for pane, predictor, pred in ((original, live.original, ref), (optimized, live.optimized, new)):
+            pane.latency.setText(f"{predictor.rate():.1f} predictions/s (display first: up to "
+                                 f"{predictor.max_rate:.0f}/s now) · {predictor.runtime} · this frame "
+                                 f"{pred[1].latency_ms:.0f} ms, while busy" if pred else predictor.runtime)
+        self.frame_label.setText(f"live: frame {live.grabber.frames_read}")
 
     def _tick(self) -> None:
         live, ws = self.c.live, self.c.ws
@@ -56,21 +75,14 @@ class LiveDisplay(QObject):
             pixmap = to_pixmap(stamped.frame.rgb)
             original.set_image(pixmap, classes[ref[1].top1] if ref else None, fast=True)
             optimized.set_image(pixmap, classes[new[1].top1] if new else None, fast=True)
-        if ref is not None and ref[0] != self.stats.get("ref_seq"):
-            self.stats["ref_seq"] = ref[0]
-            original.show_prediction(ref[1], classes, None)
-        if new is not None and new[0] != self.stats.get("new_seq"):
-            self.stats["new_seq"] = new[0]
-            optimized.show_prediction(new[1], classes, None, differs=ref is not None and new[1].top1 != ref[1].top1)
-            if self.c.current is not None and live.optimized.latest_owner is self.c.current:
-                self.c.mark_shown()
+        if new is not None and new[0] != self.stats.get("new_seq") and self.c.current is not None \
+                and live.optimized.latest_owner is self.c.current:
+            self.c.mark_shown()
         # the display's health sets how often the models predict (core.live.RateGovernor)
         live.display_report(read, shown, lag_ms, now)
-        for pane, predictor, pred in ((original, live.original, ref), (optimized, live.optimized, new)):
-            pane.latency.setText(f"{predictor.rate():.1f} predictions/s (display first: up to "
-                                 f"{predictor.max_rate:.0f}/s now) · {predictor.runtime} · this frame "
-                                 f"{pred[1].latency_ms:.0f} ms, while busy" if pred else predictor.runtime)
-        self.frame_label.setText(f"live: frame {live.grabber.frames_read}")
+        if now - self._last_text >= TEXT_PERIOD_S:  # text and bars relayout: a few times a second is readable
+            self._last_text = now
+            self._show_text(live, ref, new, classes)
         error = live.grabber.error or live.original.error or live.optimized.error
         if live.grabber.error:
             self.c.live_failed(live.grabber.error)
