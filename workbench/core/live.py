@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .locks import running
 from .process import flush_denormals
 from .session import Prediction, predict_one
 from .sources import Frame, VideoSource
@@ -135,10 +136,11 @@ class Predictor(threading.Thread):
                 continue
             started = time.perf_counter()
             try:
-                x = self.preprocess(stamped.frame.rgb)
-                if model is not self._source_model:
-                    self._source_model, self._compiled = model, compile_for_live(model, x)
-                pred = predict_one(self._compiled, x)
+                with running():  # held off while the app times a model alone (core.locks)
+                    x = self.preprocess(stamped.frame.rgb)
+                    if model is not self._source_model:
+                        self._source_model, self._compiled = model, compile_for_live(model, x)
+                    pred = predict_one(self._compiled, x)
             except Exception as exc:
                 self.error = f"{type(exc).__name__}: {exc}"
                 time.sleep(0.2)

@@ -19,7 +19,7 @@ from torch import nn
 
 from .config import MeasureSettings
 from .locks import quiet, running
-from .process import flush_denormals
+from .process import flush_denormals, timing_threads
 from .quantize import QUANT_LAYERS, fake_quantize_weight
 
 PACKED_FORMAT = "workbench-packed-v1"
@@ -46,16 +46,21 @@ def measure_latency(model: nn.Module, example: torch.Tensor, runs: int = 30, war
     times = []
     flush_denormals()
     with torch.inference_mode(), quiet():
-        for _ in range(warmup):
-            model(example)
-        for _ in range(runs):
-            start = time.perf_counter()
-            model(example)
-            times.append((time.perf_counter() - start) * 1000)
+        before = torch.get_num_threads()
+        threads = timing_threads() or before  # live mode's predictors run with one each meanwhile
+        torch.set_num_threads(threads)
+        try:
+            for _ in range(warmup):
+                model(example)
+            for _ in range(runs):
+                start = time.perf_counter()
+                model(example)
+                times.append((time.perf_counter() - start) * 1000)
+        finally:
+            torch.set_num_threads(before)
     times.sort()
     p90 = times[min(len(times) - 1, int(round(0.9 * (len(times) - 1))))]
-    return Latency(statistics.median(times), p90, runs, torch.get_num_threads(),
-                   getattr(model, "device_name", "cpu"))
+    return Latency(statistics.median(times), p90, runs, threads, getattr(model, "device_name", "cpu"))
 
 
 def static_figures(model, float_model: nn.Module, example: torch.Tensor, file: tuple[Path, int, str],

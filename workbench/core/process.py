@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 
 _done = False
+_timing_threads: int | None = None
 
 
 class _DropOrtAdvice(logging.Filter):
@@ -20,8 +21,11 @@ def setup_process(threads: int | None = None) -> None:
     global _done
     import torch
 
+    global _timing_threads
     if threads:
         torch.set_num_threads(threads)
+    if threads or _timing_threads is None:
+        _timing_threads = torch.get_num_threads()
     flush_denormals()
     if not _done:
         logging.getLogger().addFilter(_DropOrtAdvice())
@@ -32,6 +36,12 @@ def setup_process(threads: int | None = None) -> None:
         except ImportError:  # pragma: no cover - a dependency, but keep the CLI usable without it
             pass
         _done = True
+
+
+def timing_threads() -> int | None:
+    """The torch threads latencies are timed with (the process's setting, whatever live
+    mode's predictors use meanwhile); None before :func:`setup_process`."""
+    return _timing_threads
 
 
 def flush_denormals() -> None:

@@ -54,6 +54,7 @@ class Workspace:
     inputs: list[torch.Tensor] = field(default_factory=list)
     out_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="workbench-")))
     original_preds: dict[int, Prediction] = field(default_factory=dict)
+    extra_calibration: list[torch.Tensor] = field(default_factory=list)
     next_file: int = 0
     next_dir: int = 0
 
@@ -83,7 +84,9 @@ class Workspace:
         return len(self.frames) - 1
 
     def calibration(self, n: int) -> list[torch.Tensor]:
-        return self.inputs[:n]
+        """The first ``n`` images; a stream's first frames are followed by the sample photos
+        (a few consecutive frames of one scene make poor int8 ranges)."""
+        return (self.inputs + self.extra_calibration)[:n]
 
     @property
     def labels(self) -> list[int | None]:
@@ -107,7 +110,7 @@ def load_workspace(model_spec: str | LoadedModel, source_spec, settings: Measure
     later, while the user looks at the first image. ``limit``: files of a folder taken, as
     ``compare --limit`` takes them."""
     from .models import load_model
-    from .sources import ImageFolderSource, open_source
+    from .sources import SAMPLES, ImageFolderSource, open_source
 
     if isinstance(model_spec, LoadedModel):
         loaded = model_spec
@@ -126,6 +129,8 @@ def load_workspace(model_spec: str | LoadedModel, source_spec, settings: Measure
             ws.add(frame)
         if not ws.frames:
             raise ValueError(f"{ws.source.name} delivered no frame")
+        samples = ImageFolderSource(SAMPLES)
+        ws.extra_calibration = [loaded.preprocess(samples.frame(i).rgb) for i in range(len(samples))]
     else:
         yield from ws.read_frames(max(first, settings.calibration_images))
         if not ws.frames:

@@ -14,9 +14,38 @@ from .panes import to_pixmap
 TEXT_PERIOD_S = 0.25  # top-5 bars and figures; the video and its top-1 caption follow every frame
 
 
+class LiveAgreement:
+    """How often the optimized model's top-1 equals the original's on the same live frame,
+    counted per optimized model (``owner``)."""
+
+    def __init__(self):
+        self.owner, self.agree, self.total = None, 0, 0
+        self._original: dict[int, int] = {}  # frame number -> original top-1
+        self._counted = 0
+
+    def add(self, ref, new, owner) -> None:
+        if ref is not None:
+            self._original[ref[0]] = ref[1].top1
+            if len(self._original) > 300:
+                for seq in sorted(self._original)[:150]:
+                    del self._original[seq]
+        if owner is not self.owner:
+            self.owner, self.agree, self.total, self._counted = owner, 0, 0, 0
+        if new is not None and owner is not None and new[0] != self._counted and new[0] in self._original:
+            self._counted = new[0]
+            self.total += 1
+            self.agree += new[1].top1 == self._original[new[0]]
+
+    @property
+    def value(self) -> float | None:
+        return self.agree / self.total if self.total else None
+
+
 class LiveDisplay(QObject):
-    def __init__(self, controller, original_pane, optimized_pane, frame_label, status, parent=None):
+    def __init__(self, controller, original_pane, optimized_pane, frame_label, status, plots, parent=None):
         super().__init__(parent)
+        self.plots = plots
+        self.agreement = LiveAgreement()
         self.c, self.panes, self.frame_label, self.status = controller, (original_pane, optimized_pane), \
             frame_label, status
         self.stats = {"displayed": 0, "last_seq": 0}
@@ -26,6 +55,9 @@ class LiveDisplay(QObject):
 
     def _on_live_changed(self, on: bool) -> None:
         if on:
+            self.agreement = LiveAgreement()
+            for key in ("original", "optimized"):
+                self.plots.reset_accuracy(key, labelled=False)
             self.stats = {"displayed": 0, "last_seq": 0}
             # poll well above the source rate: a late tick still shows the newest frame
             self.timer.start(max(4, int(250 / self.c.live.grabber.fps)))
@@ -51,9 +83,9 @@ class LiveDisplay(QObject):
             self.stats["new_seq"] = new[0]
             optimized.show_prediction(new[1], classes, None, differs=ref is not None and new[1].top1 != ref[1].top1)
         for pane, predictor, pred in ((original, live.original, ref), (optimized, live.optimized, new)):
-            pane.latency.setText(f"{predictor.rate():.1f} predictions/s (display first: up to "
-                                 f"{predictor.max_rate:.0f}/s now) · {predictor.runtime} · this frame "
-                                 f"{pred[1].latency_ms:.0f} ms, while busy" if pred else predictor.runtime)
+            pane.latency.setText(f"{predictor.rate():.1f} predictions/s (limit {predictor.max_rate:.0f}/s: display "
+                                 f"first) · {predictor.runtime} · this frame {pred[1].latency_ms:.0f} ms, while busy"
+                                 if pred else predictor.runtime)
         self.frame_label.setText(f"live: frame {live.grabber.frames_read}")
 
     def _tick(self) -> None:
@@ -78,11 +110,16 @@ class LiveDisplay(QObject):
         if new is not None and new[0] != self.stats.get("new_seq") and self.c.current is not None \
                 and live.optimized.latest_owner is self.c.current:
             self.c.mark_shown()
+        self.agreement.add(ref, new, live.optimized.latest_owner)
         # the display's health sets how often the models predict (core.live.RateGovernor)
         live.display_report(read, shown, lag_ms, now)
         if now - self._last_text >= TEXT_PERIOD_S:  # text and bars relayout: a few times a second is readable
             self._last_text = now
             self._show_text(live, ref, new, classes)
+            owner, value = self.agreement.owner, self.agreement.value
+            if owner is not None and value is not None:  # the trade-off's y: agreement on the live frames
+                self.plots.update_point(owner.config, value)
+                self.plots.update_point(type(owner.config)(), 1.0)
         error = live.grabber.error or live.original.error or live.optimized.error
         if live.grabber.error:
             self.c.live_failed(live.grabber.error)

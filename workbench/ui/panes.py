@@ -33,7 +33,7 @@ class ModelPane(QGroupBox):
         self.top1.setStyleSheet("font-size: 15px; font-weight: bold;")
         self.top1.setWordWrap(True)
         self.truth = QLabel("")
-        self.latency = QLabel("")
+        self.latency = QLabel("", wordWrap=True)
         self.what = QLabel("")
         self.what.setWordWrap(True)
         self.what.setObjectName(f"{key}WhatRan")
@@ -88,7 +88,10 @@ class ModelPane(QGroupBox):
         self.image.setPixmap(scaled)
 
     def set_scale(self, scale: float) -> None:
+        """Larger type (demo mode); the top-5 bars and details give the video their room."""
         self.scale = scale
+        for widget in [w for pair in self.bars for w in pair] + [self.what, self.truth]:
+            widget.setHidden(scale > 1)
         self._style_top1()
         self._rescale()
 

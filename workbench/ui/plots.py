@@ -167,11 +167,13 @@ class Plots(QObject):
         spots = []
         biggest = max([p.size_bytes for p in self.points] + [1])
         for i, p in enumerate(self.points):
+            if p.score is None:  # not evaluated yet: no accuracy to place it at
+                continue
             original = p.config.is_identity
             current = p.config == self.current
             colour = ORIGINAL if original else OPTIMIZED
             spots.append({
-                "pos": (p.latency_ms, p.score if p.score is not None else 0.0),
+                "pos": (p.latency_ms, p.score),
                 "size": 8 + 22 * (p.size_bytes / biggest),
                 "brush": pg.mkBrush(*colour, 220 if current else 110),
                 "pen": pg.mkPen("k", width=3 if current else 0.5),

@@ -65,7 +65,7 @@ class MainWindow(QMainWindow):
         self.plots = Plots(self)
         self._build(model or DEFAULT_MODEL)
         self.live_display = LiveDisplay(c, self.original_pane, self.optimized_pane, self.frame_label,
-                                        self._show_status, self)
+                                        self._show_status, self.plots, self)
         self._play = QTimer(self, interval=1200)
         self._play.timeout.connect(lambda: c.show_frame(c.index + 1))
         self._rss = QTimer(self, interval=1000)
