@@ -18,10 +18,9 @@ class _DropOrtAdvice(logging.Filter):
 
 def setup_process(threads: int | None = None) -> None:
     """torch threads, subnormal flushing and quiet third-party logging, for the whole process."""
-    global _done
+    global _done, _timing_threads
     import torch
 
-    global _timing_threads
     if threads:
         torch.set_num_threads(threads)
     if threads or _timing_threads is None:
