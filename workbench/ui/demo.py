@@ -210,6 +210,6 @@ class ShowControls(QWidget):
                 self.status(f"recording failed: {error}" if error else
                             f"recorded {self.recorder.frames} frames: {path}", bool(error))
 
-    def close(self) -> None:
+    def stop_recording(self) -> None:
         if self.recorder.recording:
             self.record_button.setChecked(False)

@@ -399,7 +399,7 @@ class MainWindow(QMainWindow):
             self.open_path(urls[0].toLocalFile())
 
     def closeEvent(self, event):  # noqa: N802
-        self.show_controls.close()
+        self.show_controls.stop_recording()
         self._play.stop()
         self._rss.stop()
         self.plots.timer.stop()
