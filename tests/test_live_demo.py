@@ -188,3 +188,19 @@ def test_a_camera_that_goes_away_is_reported_and_can_be_reopened(qtbot, fake_cam
     qtbot.waitUntil(lambda: w.live is not None and w.live_display.stats["displayed"] > 3, timeout=LONG)
     assert len(fake_camera.opened) >= 2 and not w.reopen_button.isVisible()
     w.close()
+
+
+def test_live_agreement_counts_frames_both_models_saw_and_restarts_per_model():
+    from types import SimpleNamespace as P
+
+    from workbench.ui.live_view import LiveAgreement
+
+    a, first, second = LiveAgreement(), object(), object()
+    a.add((1, P(top1=5)), None, first)
+    a.add((1, P(top1=5)), (1, P(top1=5)), first)  # same frame, same class
+    a.add((1, P(top1=5)), (1, P(top1=5)), first)  # the same prediction again: not counted twice
+    a.add((3, P(top1=7)), (2, P(top1=9)), first)  # the original never saw frame 2: not counted
+    a.add((3, P(top1=7)), (3, P(top1=8)), first)  # disagrees
+    assert (a.agree, a.total, a.value) == (1, 2, 0.5)
+    a.add((4, P(top1=7)), (4, P(top1=7)), second)  # another optimized model: counted afresh
+    assert (a.owner, a.agree, a.total) == (second, 1, 1)
