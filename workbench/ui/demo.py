@@ -131,7 +131,10 @@ class Recorder(QObject):
         if self._thread is None:
             return None
         self._timer.stop()
-        self._queue.put(None)
+        try:
+            self._queue.put(None, timeout=5)
+        except queue.Full:  # the writer died (its error is kept) and left the queue full
+            pass
         self._thread.join(10)
         self._thread = None
         return self.path
