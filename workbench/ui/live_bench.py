@@ -85,9 +85,7 @@ def bench_live(video: str, seconds: float, config: OptimizationConfig) -> dict:
         "display_fps": round(shown / elapsed, 2),
         "original_pred_fps": round((live.original.count - start["orig"]) / elapsed, 2),
         "optimized_pred_fps": round((live.optimized.count - start["opt"]) / elapsed, 2),
-        "ui_lag_ms": {"p50": round(statistics.median(lags[1:]), 2) if len(lags) > 1 else None,
-                      "p99": round(sorted(lags[1:])[int(0.99 * (len(lags) - 2))], 2) if len(lags) > 1 else None,
-                      "samples": max(0, len(lags) - 1)},
+        "ui_lag_ms": {**_p50_p99(lags[1:]), "samples": max(0, len(lags) - 1)},
         "dropped_frames": max(0, read - shown),
         "display_tick_ms": _p50_p99(w.live_display.stats["tick_ms"]),  # GUI-thread time per display tick
         "rss_mb": {"start": round(rss_start, 1), "end": round(proc.memory_info().rss / 1e6, 1)},

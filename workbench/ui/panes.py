@@ -30,6 +30,7 @@ class ModelPane(QGroupBox):
         self.top1.setObjectName(f"{key}Top1")
         self.top1.setAccessibleName(f"{title} top-1 class")
         self.scale = 1.0  # demo mode: larger type
+        self._differs = False  # top-1 differs from the original's (shown in red)
         self.top1.setStyleSheet("font-size: 15px; font-weight: bold;")
         self.top1.setWordWrap(True)
         self.truth = QLabel("")
@@ -96,7 +97,7 @@ class ModelPane(QGroupBox):
         self._rescale()
 
     def _style_top1(self) -> None:
-        color = " color: #c0392b;" if getattr(self, "_differs", False) else ""
+        color = " color: #c0392b;" if self._differs else ""
         self.top1.setStyleSheet(f"font-size: {round(15 * self.scale)}px; font-weight: bold;{color}")
 
     def show_prediction(self, pred, classes: list[str], truth: int | None,
