@@ -1,5 +1,7 @@
 import gc
+import json
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -7,7 +9,17 @@ import pytest
 import torch
 from torch import nn
 
-os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+# offscreen Qt with a 1920x1080 screen (its default, 800x800, clamps a restored 1280x720 window)
+SCREEN = os.path.join(tempfile.gettempdir(), "workbench-tests-screen.json")
+with open(SCREEN, "w") as _f:
+    json.dump({"screens": [{"name": "offscreen", "x": 0, "y": 0, "width": 1920, "height": 1080,
+                            "logicalDpi": 96, "logicalBaseDpi": 96, "dpr": 1}]}, _f)
+if os.environ.get("QT_QPA_PLATFORM", "offscreen") == "offscreen":
+    os.environ["QT_QPA_PLATFORM"] = f"offscreen:configfile={SCREEN}"
+# nothing a test starts (subprocesses included) may read or write the user's own settings or logs
+_home = tempfile.mkdtemp(prefix="workbench-tests-")
+for _var in ("XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_CACHE_HOME"):
+    os.environ[_var] = os.path.join(_home, _var.lower())
 torch.manual_seed(0)
 
 
@@ -34,9 +46,10 @@ def _session_cache(tmp_path_factory):
 
 @pytest.fixture(autouse=True)
 def _fresh_settings(tmp_path, monkeypatch, _session_cache):
-    """Keep tests away from the user's real settings and caches (prepared pruning databases
-    are shared by the tests of one session)."""
+    """Keep tests away from the user's real settings, logs and caches (prepared pruning
+    databases are shared by the tests of one session); each test starts with no settings."""
     monkeypatch.setenv("WORKBENCH_SETTINGS_DIR", str(tmp_path / "settings"))
+    monkeypatch.setenv("WORKBENCH_DATA_HOME", str(tmp_path / "data"))
     monkeypatch.setenv("WORKBENCH_CACHE_DIR", str(_session_cache))
     yield
     if not gc.isenabled():  # a window moved collection to the GUI thread: collect there now

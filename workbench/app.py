@@ -10,9 +10,13 @@ def run(model: str | None = None, source: str | None = None) -> int:
     from PySide6.QtWidgets import QApplication
 
     from .ui import build_window
+    from .ui.icon import app_icon
 
     app = QApplication.instance() or QApplication(sys.argv)
     app.setApplicationName("Workbench")
+    app.setOrganizationName("Workbench")
+    app.setDesktopFileName("workbench")  # the launcher that `make install-desktop` writes
+    app.setWindowIcon(app_icon())
     window = build_window(model=model, source=source)
     window.show()
     return app.exec()

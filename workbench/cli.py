@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 
@@ -116,6 +117,7 @@ def _settings_and_config(args):
 
 
 def _fail(message: str) -> int:
+    logging.getLogger(__name__).error("%s", message)
     print(f"workbench: error: {message}", file=sys.stderr)
     return 2
 
@@ -302,9 +304,24 @@ def gui_main() -> int:
     return main(sys.argv[1:])
 
 
+class _SubParsers:
+    """Every subcommand (and its own subcommands) takes the common options."""
+
+    def __init__(self, action, common):
+        self.action, self.common = action, common
+
+    def add_parser(self, name, **kwargs):
+        return self.action.add_parser(name, parents=[self.common], **kwargs)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="workbench", description=__doc__)
-    sub = parser.add_subparsers(dest="command")
+    from .core.logs import setup_logging
+
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                        help="log details to stderr too (the log file is always written)")
+    parser = argparse.ArgumentParser(prog="workbench", description=__doc__, parents=[common])
+    sub = _SubParsers(parser.add_subparsers(dest="command"), common)
     _compare_parser(sub)
     _bench_parser(sub)
     g = sub.add_parser("gui", help="open the window (the default)")
@@ -312,6 +329,8 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--images", default=None)
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
+    log = setup_logging(getattr(args, "verbose", False))
+    logging.getLogger(__name__).info("workbench %s: %s (log: %s)", args.command or "gui", " ".join(args.argv), log)
     if args.command == "compare":
         return run_compare(args)
     if args.command == "bench":

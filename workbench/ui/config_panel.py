@@ -42,6 +42,8 @@ class ConfigPanel(QWidget):
                                         "when whole channels go; costs accuracy")
         self.sparsity_label = QLabel("0 %")
         self.prune_method = _combo("pruneMethodCombo", "Pruning method", methods.PRUNE_METHODS)
+        self.prune_method.setToolTip("How weights are chosen and repaired: unstructured keeps more accuracy but "
+                                     "only shrinks the file; structured removes channels, which is faster")
         pl.addWidget(QLabel("sparsity"), 0, 0)
         pl.addWidget(self.sparsity_slider, 0, 1)
         pl.addWidget(self.sparsity_label, 0, 2)
@@ -60,10 +62,16 @@ class ConfigPanel(QWidget):
         self.quant_scheme = _combo("quantSchemeCombo", "Quantization scheme", methods.QUANT_SCHEMES)
         self.quant_scheme.insertItem(0, "", AUTO)
         self.quant_scheme.setCurrentIndex(0)
+        self.quant_scheme.setToolTip("Weights only shrink the file; weights + activations at 8 bits also run on "
+                                     "faster int8 kernels, and cost a little more accuracy")
         self.runtime = _combo("runtimeCombo", "Runtime of the optimized model", methods.RUNTIMES)
+        self.runtime.setToolTip("What runs the optimized model: PyTorch, or ONNX Runtime as it would be deployed "
+                                "(often faster; exporting takes a few seconds)")
         self.device = QComboBox(objectName="deviceCombo")
         self.device.setAccessibleName("Device of the optimized model")
         self.device.addItem("CPU", "cpu")
+        self.device.setToolTip("Where the optimized model runs: a GPU is faster for float and 16-bit models; "
+                               "int8 kernels run on the CPU")
         self.device.setVisible(False)
         ql.addWidget(QLabel("bits"), 0, 0)
         ql.addWidget(self.bits_slider, 0, 1)

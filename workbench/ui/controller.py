@@ -7,6 +7,7 @@ and wires. Every figure comes from the core's one measurement path (``core.compa
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from PySide6.QtCore import QObject, QTimer, Signal
@@ -15,6 +16,7 @@ from ..core.config import DEFAULT_MODEL, MeasureSettings, OptimizationConfig
 
 FOLDER_LIMIT = 500  # images of a folder the window evaluates (compare --limit)
 RECOVER_SECONDS = 60.0
+log = logging.getLogger(__name__)
 LONG_JOBS = ("load", "optimize", "evaluate", "read", "sensitivity", "recover")
 
 
@@ -101,6 +103,7 @@ class Controller(QObject):
     def _on_loaded(self, ws) -> None:
         self.ws, self.current, self.measured_result, self.original_figures = ws, None, None, None
         self.shown_config, self._report, self.index, self.notice = None, None, 0, ""
+        log.info("loaded %s (%s) on %s", ws.loaded.display_name, ws.loaded.weights, ws.source.name)
         self.loaded.emit(ws)
         self.status.emit(f"{ws.loaded.display_name} on {ws.source.name}", False)
         self.show_frame(0)
@@ -233,6 +236,9 @@ class Controller(QObject):
 
     def _on_measured(self, measured) -> None:
         self.measured_result = measured
+        log.info("measured %s: %.1f ms (original %.1f ms), %d bytes, %s", measured.optimized.config.label(),
+                 measured.latency_ms, measured.original_latency["median"], measured.size_bytes,
+                 measured.optimized.kernels)
         if self.current is not measured.optimized:
             self._on_model_ready(measured.optimized)
             self.infer()

@@ -154,7 +154,7 @@ class ShowControls(QWidget):
     ``status(text, error)`` reports where files went, or what failed."""
 
     def __init__(self, window: QWidget, panes: QWidget, hide: list[QWidget], status, scale_panes, parent=None):
-        from PySide6.QtGui import QKeySequence, QShortcut
+        from PySide6.QtGui import QAction, QKeySequence, QShortcut
         from PySide6.QtWidgets import QHBoxLayout, QPushButton
 
         super().__init__(parent)
@@ -175,7 +175,14 @@ class ShowControls(QWidget):
         self.snapshot_button.clicked.connect(self.take_snapshot)
         self.record_button.toggled.connect(self._on_record)
         self.demo_button.toggled.connect(lambda on: self.set_demo(on))
-        QShortcut(QKeySequence("F11"), window, activated=lambda: self.set_demo(not self.demo.active))
+        self.demo_action = QAction("&Demo mode", window, objectName="demoAction", shortcut=QKeySequence("F11"),
+                                   toolTip="Full screen, large type, panes and trade-off plot; Esc leaves")
+        self.demo_action.triggered.connect(lambda: self.set_demo(not self.demo.active))
+        self.snapshot_action = QAction("Save &snapshot", window, objectName="snapshotAction",
+                                       shortcut=QKeySequence("Ctrl+S"), toolTip=self.snapshot_button.toolTip())
+        self.snapshot_action.triggered.connect(self.take_snapshot)
+        window.addAction(self.demo_action)
+        window.addAction(self.snapshot_action)
         self._esc = QShortcut(QKeySequence("Esc"), window, activated=lambda: self.set_demo(False), enabled=False)
 
     def set_demo(self, on: bool) -> None:

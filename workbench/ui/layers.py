@@ -46,11 +46,17 @@ class LayersView(QWidget):
         self.sensitivity.scene().sigMouseClicked.connect(self._on_clicked)
         self.info = QLabel("")
         self.info.setWordWrap(True)
-        self.measure_button = QPushButton("Measure sensitivity", objectName="measureSensitivityButton")
+        self.measure_button = QPushButton("Measure sensitivity", objectName="measureSensitivityButton",
+                                          toolTip="Prune or quantize one layer at a time and measure how far the "
+                                                  "outputs move: a few seconds per layer, shows which to leave alone")
         self.measure_button.clicked.connect(self.measure_requested)
-        self.recover_button = QPushButton("Recover accuracy (distil 60 s)", objectName="recoverButton")
+        self.recover_button = QPushButton("Recover accuracy (distil 60 s)", objectName="recoverButton",
+                                          toolTip="Train the optimized model for 60 s to match the original on the "
+                                                  "source's images: buys back accuracy, costs a minute")
         self.recover_button.clicked.connect(self.recover_requested)
-        self.clear_button = QPushButton("Clear overrides", objectName="clearOverridesButton")
+        self.clear_button = QPushButton("Clear overrides", objectName="clearOverridesButton",
+                                        toolTip="Give every excluded layer and every layer's own bit width back to "
+                                                "the sliders")
         self.clear_button.clicked.connect(self.clear_overrides)
         buttons = QHBoxLayout()
         for b in (self.measure_button, self.recover_button, self.clear_button):
@@ -62,6 +68,9 @@ class LayersView(QWidget):
         layout.addWidget(self.info)
         layout.addLayout(buttons)
         self._sens: dict[str, LayerSensitivity] = {}
+
+    def widgets(self) -> list:
+        return [self.sensitivity, self.allocation]
 
     def show_sensitivity(self, sens: dict[str, LayerSensitivity], what: str) -> None:
         self._sens = sens

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 from PySide6.QtCore import Qt
-from PySide6.QtGui import QColor, QImage, QPainter, QPixmap
+from PySide6.QtGui import QColor, QImage, QPainter, QPalette, QPixmap
 from PySide6.QtWidgets import QGridLayout, QGroupBox, QLabel, QProgressBar, QSizePolicy, QVBoxLayout
 
 
@@ -38,7 +38,7 @@ class ModelPane(QGroupBox):
         self.what = QLabel("")
         self.what.setWordWrap(True)
         self.what.setObjectName(f"{key}WhatRan")
-        self.what.setStyleSheet("color: #555;")
+        self.what.setForegroundRole(QPalette.ColorRole.PlaceholderText)  # quieter, light or dark
         grid = QGridLayout()
         self.bars: list[tuple[QLabel, QProgressBar]] = []
         for i in range(5):

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import csv
 import time
 from collections import deque
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import QObject, QTimer, Signal
+from PySide6.QtGui import QPalette
 
 from ..core.config import OptimizationConfig
 from ..core.stats import wilson_interval
@@ -16,6 +19,24 @@ from ..core.stats import wilson_interval
 ORIGINAL = (52, 101, 164)
 OPTIMIZED = (230, 126, 34)
 pg.setConfigOptions(antialias=True, background="w", foreground="k")
+
+
+def follow_palette(widgets: list[pg.PlotWidget], palette: QPalette) -> None:
+    """Plots drawn in the palette's colours (light or dark), like the widgets around them."""
+    background, text = palette.color(QPalette.ColorRole.Base), palette.color(QPalette.ColorRole.Text)
+    pg.setConfigOptions(background=background, foreground=text)  # titles set later take it too
+    for w in widgets:
+        w.setBackground(background)
+        item = w.getPlotItem()
+        for name in ("left", "bottom"):
+            axis = item.getAxis(name)
+            axis.setPen(text)
+            axis.setTextPen(text)
+        item.setTitle(item.titleLabel.text, color=text)
+        if item.legend is not None:
+            item.legend.setLabelTextColor(text)
+            for _, label in item.legend.items:
+                label.setText(label.text, color=text)
 
 
 def _plot(name: str, title: str, left: str, bottom: str) -> pg.PlotWidget:
@@ -92,6 +113,20 @@ class Plots(QObject):
         self.timer.timeout.connect(self.redraw)
         self.timer.start()
         self._dirty = True
+        self.palette: QPalette | None = None  # the window's, once it says (plots follow light or dark)
+
+    def widgets(self) -> list[pg.PlotWidget]:
+        return [self.latency, self.memory, self.rss, self.accuracy, self.tradeoff]
+
+    def set_palette(self, palette: QPalette) -> None:
+        self.palette = palette
+        self.follow_palette()
+
+    def follow_palette(self) -> None:
+        if self.palette is not None:
+            follow_palette(self.widgets(), self.palette)
+            for t in self.bar_text:
+                t.setColor(self.palette.color(QPalette.ColorRole.Text))
 
     # data in (GUI thread) -------------------------------------------------
     def add_latency(self, original_ms: float | None, optimized_ms: float | None) -> None:
@@ -115,8 +150,10 @@ class Plots(QObject):
 
     def reset_accuracy(self, which: str, labelled: bool) -> None:
         self.acc_history[which] = []
-        self.accuracy.setLabel("left", "top-1" if labelled else "agreement with original")
-        self.tradeoff.setLabel("left", "top-1" if labelled else "agreement with original")
+        self.accuracy.setTitle("Accuracy" if labelled else "Agreement with the original (no labels)")
+        self.accuracy.setLabel("left", "top-1" if labelled else "agreement")
+        self.tradeoff.setLabel("left", "top-1" if labelled else "agreement")
+        self.follow_palette()
         self._dirty = True
 
     def add_accuracy(self, which: str, done: int, hits: int, n: int) -> None:
@@ -187,3 +224,68 @@ class Plots(QObject):
             i = points[0].data()
             if 0 <= i < len(self.points):
                 self.point_clicked.emit(self.points[i].config)
+
+
+EXPORT_FORMATS = {".png": "PNG image", ".svg": "SVG drawing", ".csv": "CSV table"}
+
+
+def export_plot(widget: pg.PlotWidget, path: str | Path) -> Path:
+    """Write ``widget`` as PNG, SVG or CSV (by the suffix) with pyqtgraph's exporters. CSV holds
+    every curve and point set (pyqtgraph's CSVExporter) and, for bar charts, the bars."""
+    from pyqtgraph import exporters
+
+    path = Path(path)
+    suffix = path.suffix.lower()
+    item = widget.getPlotItem()
+    if suffix == ".png":
+        exporter = exporters.ImageExporter(item)
+        exporter.parameters()["width"] = max(800, int(widget.width()))
+        exporter.export(str(path))
+    elif suffix == ".svg":
+        try:
+            exporters.SVGExporter(item).export(str(path))
+        except ValueError:  # pyqtgraph 0.14 cannot parse the path syntax of Qt 6.11's SVG generator
+            _qt_svg(widget, path)
+    elif suffix == ".csv":
+        bars = [i for i in item.items if isinstance(i, pg.BarGraphItem)]
+        if bars:  # CSVExporter knows curves and points only
+            with open(path, "w", newline="") as f:
+                out = csv.writer(f)
+                out.writerow(["x", "label", "height"])
+                ticks = dict(item.getAxis("bottom")._tickLevels[0]) if item.getAxis("bottom")._tickLevels else {}
+                for bar in bars:
+                    for x, h in zip(bar.opts.get("x") or [], bar.opts.get("height") or []):
+                        out.writerow([x, ticks.get(x, ""), h])
+        else:
+            exporters.CSVExporter(item).export(str(path))
+    else:
+        raise ValueError(f"cannot export a plot as {suffix or 'a file without a suffix'}: "
+                         f"use {', '.join(EXPORT_FORMATS)}")
+    if not path.is_file():
+        raise OSError(f"the plot was not written to {path}")
+    return path
+
+
+def _qt_svg(widget: pg.PlotWidget, path: Path) -> None:
+    """The plot drawn into Qt's own SVG generator (vector, as on screen)."""
+    from PySide6.QtCore import QRectF
+    from PySide6.QtGui import QPainter
+    from PySide6.QtSvg import QSvgGenerator
+
+    gen = QSvgGenerator()
+    gen.setFileName(str(path))
+    gen.setSize(widget.size())
+    gen.setViewBox(QRectF(0, 0, widget.width(), widget.height()))
+    gen.setTitle(widget.getPlotItem().titleLabel.text)
+    painter = QPainter(gen)
+    widget.render(painter)
+    painter.end()
+
+
+def add_export_menu(widget: pg.PlotWidget, choose) -> None:
+    """'Save as PNG / SVG / CSV…' in the plot's own context menu; ``choose(widget, suffix)``
+    asks where and writes."""
+    menu = widget.getPlotItem().vb.menu
+    menu.addSeparator()
+    for suffix, what in EXPORT_FORMATS.items():
+        menu.addAction(f"Save as {what}…", lambda s=suffix: choose(widget, s))

@@ -7,10 +7,12 @@ the model alone."""
 from __future__ import annotations
 
 import inspect
-import traceback
+import logging
 from collections.abc import Callable
 
 from PySide6.QtCore import QObject, QRunnable, QThreadPool, Signal
+
+log = logging.getLogger(__name__)
 
 
 class _Signals(QObject):
@@ -67,7 +69,7 @@ class Job(QRunnable):
                 self._emit(self.signals.result, out)
         except Exception as exc:  # shown to the user; the window carries on
             if not self.cancelled:
-                traceback.print_exc()
+                log.exception("job %s failed", self.kind)
                 self._emit(self.signals.error, f"{type(exc).__name__}: {exc}")
         finally:
             self._emit(self.signals.finished)

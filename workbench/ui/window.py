@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 
 from pyqtgraph.util.garbage_collector import GarbageCollector
-from PySide6.QtCore import Qt, QTimer, Signal
+from PySide6.QtCore import QEvent, Qt, QTimer, Signal
 from PySide6.QtGui import QGuiApplication
 from PySide6.QtWidgets import (
     QCheckBox,
@@ -29,10 +30,13 @@ from ..core.config import DEFAULT_MODEL, OptimizationConfig
 from .config_panel import ConfigPanel
 from .controller import Controller
 from .demo import ShowControls
+from .icon import app_icon
 from .layers import LayersView
 from .live_view import LiveDisplay
+from .menus import build_menus, open_folder
 from .panes import ModelPane
-from .plots import Plots, TradeoffPoint
+from .plots import Plots, TradeoffPoint, follow_palette
+from .settings import SIZE, SPLIT, WindowMemory
 
 MODEL_SUFFIXES = {".pt", ".pth", ".ts", ".ckpt", ".bin"}
 OPEN_MODEL = "Open model file…"
@@ -42,6 +46,7 @@ CAMERA_SIZES = [("default size", ""), ("640×480", "640x480"), ("1280×720", "12
 
 
 _GC: GarbageCollector | None = None
+log = logging.getLogger(__name__)
 
 
 def collect_in_gui_thread() -> None:
@@ -57,10 +62,16 @@ class MainWindow(QMainWindow):
     shown = Signal(object)  # OptimizationConfig whose result the optimized pane now shows
 
     def __init__(self, model: str | None = None, source: str | None = None):
+        from ..core.logs import current_log
+
         super().__init__()
         collect_in_gui_thread()
         self.setWindowTitle("Workbench: pruning and quantization, side by side")
+        self.setWindowIcon(app_icon())
         self.setAcceptDrops(True)
+        self.log_path = current_log()
+        self.memory = WindowMemory(self)
+        model, source = self.memory.start(model, source)
         self.controller = c = Controller(parent=self)
         self.plots = Plots(self)
         self._build(model or DEFAULT_MODEL)
@@ -72,7 +83,11 @@ class MainWindow(QMainWindow):
         self._rss.timeout.connect(self._on_rss_tick)
         self._rss.start()
         self._wire()
+        self.actions_by_name = build_menus(self)
+        self.memory.restore(same_model=(model or DEFAULT_MODEL) == self.memory.settings.value("model", DEFAULT_MODEL))
+        self.follow_palette()
         self.original_pane.top1.setText("loading model…")
+        self.panes_box.setFocus()  # the arrow keys and Space go to the images, not to a picker
         # let the window paint before torch loads (in the first job, which competes for the GIL)
         QTimer.singleShot(150, lambda: c.load(model, source) if c.model_spec is None else None)
 
@@ -81,14 +96,17 @@ class MainWindow(QMainWindow):
         central = QWidget()
         outer = QVBoxLayout(central)
         controls = QHBoxLayout()
-        self.model_picker = QComboBox(objectName="modelPicker")
+        self.model_picker = QComboBox(objectName="modelPicker", toolTip="The original model; the optimized pane runs "
+                                      "a pruned or quantized copy of it")
         self.model_picker.setAccessibleName("Model")
         self.model_picker.addItems([model, OPEN_MODEL])
-        self.source_picker = QComboBox(objectName="sourcePicker")
+        self.source_picker = QComboBox(objectName="sourcePicker", toolTip="What both models see: a labelled folder "
+                                       "gives top-1 accuracy, a video or camera runs live")
         self.source_picker.setAccessibleName("Source")
         for text, data in SOURCES:
             self.source_picker.addItem(text, data)
-        self.camera_size = QComboBox(objectName="cameraSize", toolTip="Resolution asked of the camera")
+        self.camera_size = QComboBox(objectName="cameraSize", toolTip="Resolution asked of the camera: larger "
+                                     "frames look better and cost more time to decode and show")
         self.camera_size.setAccessibleName("Camera resolution")
         for text, data in CAMERA_SIZES:
             self.camera_size.addItem(text, data)
@@ -107,7 +125,7 @@ class MainWindow(QMainWindow):
         controls.addWidget(self.panel, 2)
         outer.addLayout(controls)
 
-        self.panes_box = QWidget(objectName="panesBox")
+        self.panes_box = QWidget(objectName="panesBox", focusPolicy=Qt.FocusPolicy.StrongFocus)
         panes = QHBoxLayout(self.panes_box)
         panes.setContentsMargins(0, 0, 0, 0)
         self.original_pane = ModelPane("Original", "original")
@@ -115,12 +133,14 @@ class MainWindow(QMainWindow):
         panes.addWidget(self.original_pane)
         panes.addWidget(self.optimized_pane)
         nav = QHBoxLayout()
-        self.prev_button = QPushButton("◀ previous", objectName="previousButton")
-        self.play_button = QPushButton("▶ play", objectName="playButton", checkable=True)
-        self.next_button = QPushButton("next ▶", objectName="nextButton")
-        self.loop_check = QCheckBox("loop video", objectName="loopCheck", checked=True)
-        self.frame_label = QLabel("")
-        for w in (self.prev_button, self.play_button, self.next_button, self.loop_check, self.frame_label):
+        self.prev_button = QPushButton("◀ prev", objectName="previousButton", toolTip="Previous image (Left)")
+        self.play_button = QPushButton("▶ play", objectName="playButton", checkable=True,
+                                       toolTip="Step through the images, or pause the video (Space)")
+        self.next_button = QPushButton("next ▶", objectName="nextButton", toolTip="Next image (Right)")
+        self.loop_check = QCheckBox("loop video", objectName="loopCheck", checked=True,
+                                    toolTip="Start a video again at its end")
+        self.frame_label = QLabel("", objectName="frameLabel")  # in the status bar: a long name must not widen the panes
+        for w in (self.prev_button, self.play_button, self.next_button, self.loop_check):
             nav.addWidget(w)
         nav.addStretch(1)
         left = QWidget()
@@ -135,7 +155,7 @@ class MainWindow(QMainWindow):
         memory = QTabWidget()
         memory.addTab(self.plots.memory, "file size")
         memory.addTab(self.plots.rss, "process memory")
-        self._memory_tabs = memory
+        self.memory_tabs = memory
         grid.addWidget(self.plots.latency, 0, 0)
         grid.addWidget(memory, 0, 1)
         grid.addWidget(self.plots.accuracy, 1, 0)
@@ -144,24 +164,30 @@ class MainWindow(QMainWindow):
         self.right_tabs = QTabWidget(objectName="rightTabs")
         self.right_tabs.addTab(plots, "Plots")
         self.right_tabs.addTab(self.layers, "Layers")
-        split = QSplitter(Qt.Orientation.Horizontal)
+        self.splitter = split = QSplitter(Qt.Orientation.Horizontal)
         split.addWidget(left)
         split.addWidget(self.right_tabs)
-        split.setSizes([620, 660])
         outer.addWidget(split, 1)
         self.setCentralWidget(central)
 
         self.status_text = QLabel("starting…", objectName="statusText")
         self.progress = QProgressBar(maximumWidth=200, visible=False)
-        self.cancel_button = QPushButton("Cancel", visible=False, objectName="cancelButton")
+        self.cancel_button = QPushButton("Cancel", visible=False, objectName="cancelButton",
+                                         toolTip="Stop the running job; what is shown stays")
+        self.log_link = QLabel(visible=False, objectName="logLink", toolTip="Open the log file")
+        self.log_link.linkActivated.connect(lambda _: self.open_log())
         self.statusBar().addWidget(self.status_text, 1)
-        self.reopen_button = QPushButton("Reopen camera", visible=False, objectName="reopenButton")
+        self.statusBar().addWidget(self.log_link)
+        self.reopen_button = QPushButton("Reopen camera", visible=False, objectName="reopenButton",
+                                         toolTip="Open the camera again (after it was unplugged or busy)")
+        self.statusBar().addPermanentWidget(self.frame_label)
         self.statusBar().addPermanentWidget(self.reopen_button)
         self.statusBar().addPermanentWidget(self.progress)
         self.statusBar().addPermanentWidget(self.cancel_button)
-        self.resize(1280, 720)
+        self.resize(*SIZE)
+        split.setSizes(SPLIT)
         self.show_controls = ShowControls(
-            self, self.panes_box, [self.pickers, self.copy_button, self.plots.latency, self._memory_tabs,
+            self, self.panes_box, [self.menuBar(), self.pickers, self.copy_button, self.plots.latency, self.memory_tabs,
                                    self.plots.accuracy, self.right_tabs.tabBar(), self.prev_button, self.next_button],
             self._show_status, lambda s: [p.set_scale(s) for p in (self.original_pane, self.optimized_pane)])
         nav.addWidget(self.show_controls)
@@ -233,27 +259,34 @@ class MainWindow(QMainWindow):
         text, c = self.model_picker.itemText(index), self.controller
         if text == OPEN_MODEL:
             self.model_picker.setCurrentText(c.model_spec)
-            path, _ = QFileDialog.getOpenFileName(self, "Open model file", "",
-                                                  "PyTorch models (*.pt *.pth *.ts *.ckpt *.bin);;All files (*)")
-            if path:
-                c.open_model(path)
+            self.choose_model()
         elif text != c.model_spec:
             c.open_model(text)
+
+    def choose_model(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Open model file", "",
+                                              "PyTorch models (*.pt *.pth *.ts *.ckpt *.bin);;All files (*)")
+        if path:
+            self.controller.open_model(path)
+
+    def choose_source(self, kind: str) -> None:
+        """Ask for a folder, video or image and open it."""
+        if self.controller.ws is not None:
+            self._name_source()  # the picker keeps naming what is open until another opens
+        if kind == "folder":
+            path = QFileDialog.getExistingDirectory(self, "Open image folder")
+        else:
+            from ..core.sources import IMAGE_SUFFIXES, VIDEO_SUFFIXES
+
+            pattern = " ".join(f"*{s}" for s in sorted(VIDEO_SUFFIXES if kind == "video" else IMAGE_SUFFIXES))
+            path, _ = QFileDialog.getOpenFileName(self, f"Open {kind}", "", f"{kind.title()} ({pattern})")
+        if path:
+            self.controller.open_source(path)
 
     def _on_source_picked(self, index: int) -> None:
         data = self.source_picker.itemData(index)
         if isinstance(data, str) and data.startswith("dialog:"):
-            kind = data.split(":")[1]
-            self._name_source()  # the picker keeps naming what is open until another opens
-            if kind == "folder":
-                path = QFileDialog.getExistingDirectory(self, "Open image folder")
-            else:
-                from ..core.sources import IMAGE_SUFFIXES, VIDEO_SUFFIXES
-
-                pattern = " ".join(f"*{s}" for s in sorted(VIDEO_SUFFIXES if kind == "video" else IMAGE_SUFFIXES))
-                path, _ = QFileDialog.getOpenFileName(self, f"Open {kind}", "", f"{kind.title()} ({pattern})")
-            if path:
-                self.controller.open_source(path)
+            self.choose_source(data.split(":")[1])
         else:
             if isinstance(data, str) and data.startswith("camera:") and self.camera_size.currentData():
                 data = f"{data}@{self.camera_size.currentData()}"
@@ -290,6 +323,9 @@ class MainWindow(QMainWindow):
         self.plots.set_sizes(None, None)
         self.setWindowTitle(f"Workbench: {ws.loaded.display_name} on {ws.source.name}")
         self._play.stop()
+        if self.memory.notice:  # after the controller's own "loaded" line
+            notice, self.memory.notice = self.memory.notice, ""
+            QTimer.singleShot(0, lambda: self.show_status(notice, True))
 
     def _on_frame_changed(self, index: int) -> None:
         ws = self.controller.ws
@@ -382,11 +418,31 @@ class MainWindow(QMainWindow):
         if m:
             self.progress.setValue(int(m.group(1)))
 
-    def _show_status(self, text: str, error: bool = False) -> None:
+    def show_status(self, text: str, error: bool = False) -> None:
         camera = str(self.controller.source_spec).startswith("camera:")
         self.reopen_button.setVisible(camera and (error or self.reopen_button.isVisible()))
         self.status_text.setText(text)
         self.status_text.setStyleSheet("color: #c0392b;" if error else "")
+        if error:
+            log.warning("%s", text)
+        self.log_link.setText("<a href='log'>log</a>")
+        self.log_link.setVisible(error and self.log_path is not None)
+
+    _show_status = show_status
+
+    def open_log(self) -> None:
+        """The log file in the system's viewer (its folder when no viewer opens it)."""
+        if self.log_path is not None and not open_folder(self.log_path):
+            open_folder(self.log_path.parent)
+
+    def follow_palette(self) -> None:
+        follow_palette(self.layers.widgets(), self.palette())
+        self.plots.set_palette(self.palette())
+
+    def changeEvent(self, event):  # noqa: N802 - the system switched between light and dark
+        if event.type() == QEvent.Type.PaletteChange:
+            self.follow_palette()
+        super().changeEvent(event)
 
     # drag and drop, closing -----------------------------------------------------------------
     def dragEnterEvent(self, event):  # noqa: N802
@@ -399,6 +455,7 @@ class MainWindow(QMainWindow):
             self.open_path(urls[0].toLocalFile())
 
     def closeEvent(self, event):  # noqa: N802
+        self.memory.save()
         self.show_controls.stop_recording()
         self._play.stop()
         self._rss.stop()

@@ -1,0 +1,221 @@
+"""The menu bar: every command as a QAction with its shortcut, the plot exports, and Help
+(What am I seeing?, Keyboard shortcuts, About, the log)."""
+
+from __future__ import annotations
+
+import html
+import platform
+from pathlib import Path
+
+from PySide6.QtCore import QEvent, QObject, Qt, QUrl
+from PySide6.QtGui import QAction, QDesktopServices, QKeySequence
+from PySide6.QtWidgets import QAbstractSlider, QDialog, QFileDialog, QTextBrowser, QVBoxLayout
+
+from .plots import EXPORT_FORMATS, add_export_menu, export_plot
+
+
+class _SliderKeepsArrows(QObject):
+    """A focused slider keeps the arrow keys (elsewhere they step through the images)."""
+
+    def eventFilter(self, obj, event):  # noqa: N802 - Qt override
+        if event.type() == QEvent.Type.ShortcutOverride and event.key() in (Qt.Key.Key_Left, Qt.Key.Key_Right):
+            event.accept()
+            return True
+        return False
+
+
+def _action(window, name: str, text: str, slot, shortcut=None, tip: str = "") -> QAction:
+    a = QAction(text, window, objectName=name, statusTip=tip, toolTip=tip)
+    if shortcut:
+        a.setShortcut(QKeySequence(shortcut))
+    a.triggered.connect(lambda _=False: slot())
+    window.addAction(a)  # shortcuts work in demo mode too, with the menu bar hidden
+    return a
+
+
+def build_menus(window) -> dict[str, QAction]:
+    """Fill ``window``'s menu bar; returns the actions by object name."""
+    c, bar = window.controller, window.menuBar()
+    file = bar.addMenu("&File")
+    acts = [
+        _action(window, "openFolderAction", "Open image &folder…", lambda: window.choose_source("folder"),
+                "Ctrl+O", "Run both models over the images of a folder (labelled when its names say the class)"),
+        _action(window, "openVideoAction", "Open &video…", lambda: window.choose_source("video"), None,
+                "Play a video through both models"),
+        _action(window, "openImageAction", "Open &image…", lambda: window.choose_source("image"), None,
+                "Run both models on one image"),
+        _action(window, "openModelAction", "Open &model file…", window.choose_model, "Ctrl+Shift+O",
+                "Load a TorchScript file or a state dict as the original model"),
+    ]
+    acts.append(_action(window, "copyCommandAction", "&Copy as command", window.copy_button.click, "Ctrl+Shift+C",
+                        "Put the python -m workbench compare command that gives these numbers on the clipboard"))
+    for a in acts:
+        file.addAction(a)
+    file.addSeparator()
+    export = file.addMenu("&Export plot")
+    for widget in window.plots.widgets() + window.layers.widgets():
+        title = widget.getPlotItem().titleLabel.text or widget.objectName()
+        sub = export.addMenu(title.split(":")[0].split("(")[0].strip())
+        for suffix, what in EXPORT_FORMATS.items():
+            sub.addAction(f"{what}…", lambda w=widget, s=suffix: save_plot(window, w, s))
+        add_export_menu(widget, lambda w, s: save_plot(window, w, s))
+    file.addAction(window.show_controls.snapshot_action)
+    file.addSeparator()
+    reset = _action(window, "resetAction", "&Reset to defaults", window.memory.reset, None,
+                    "Forget the remembered model, source, controls and window layout")
+    quit_ = _action(window, "quitAction", "&Quit", window.close, "Ctrl+Q")
+    file.addAction(reset)
+    file.addAction(quit_)
+
+    view = bar.addMenu("&View")
+    play = _action(window, "playAction", "&Play / pause", window.play_button.toggle, "Space",
+                   "Step through the images (or pause the video or camera)")
+    prev = _action(window, "previousAction", "P&revious image", lambda: c.show_frame(c.index - 1), "Left")
+    nxt = _action(window, "nextAction", "&Next image", lambda: c.show_frame(c.index + 1), "Right")
+    for a in (play, prev, nxt, window.show_controls.demo_action):
+        view.addAction(a)
+
+    help_ = bar.addMenu("&Help")
+    what = _action(window, "whatAction", "&What am I seeing?", lambda: show_text(window, "What am I seeing?",
+                                                                                 what_am_i_seeing(window)), "F1")
+    keys = _action(window, "shortcutsAction", "&Keyboard shortcuts",
+                   lambda: show_text(window, "Keyboard shortcuts", shortcuts_page(window)))
+    log = _action(window, "logAction", "Open the &log", window.open_log)
+    about = _action(window, "aboutAction", "&About Workbench", lambda: show_text(window, "About Workbench",
+                                                                               about_page(window)))
+    for a in (what, keys, log, about):
+        help_.addAction(a)
+
+    keep = _SliderKeepsArrows(window)
+    for slider in window.findChildren(QAbstractSlider):
+        slider.installEventFilter(keep)
+    return {a.objectName(): a for a in window.actions() if a.objectName()}
+
+
+def save_plot(window, widget, suffix: str) -> Path | None:
+    """Ask where, then write the plot; the status line says where it went (or why not)."""
+    name = widget.objectName().removesuffix("Plot") or "plot"
+    path, _ = QFileDialog.getSaveFileName(window, f"Export {name} plot", f"{name}{suffix}",
+                                          f"{EXPORT_FORMATS[suffix]} (*{suffix})")
+    if not path:
+        return None
+    if not path.lower().endswith(suffix):
+        path += suffix
+    try:
+        out = export_plot(widget, path)
+    except (OSError, ValueError) as exc:
+        window.show_status(f"export failed: {exc}", True)
+        return None
+    window.show_status(f"plot saved: {out}")
+    return out
+
+
+def show_text(window, title: str, text: str) -> QDialog:
+    """A non-modal page of rich text (links open in the system's browser or file manager)."""
+    name = title.replace(" ", "").replace("?", "")
+    old = window.findChild(QDialog, name)
+    if old is not None:
+        old.close()
+        old.deleteLater()
+    dialog = QDialog(window, objectName=name, windowTitle=title)
+    dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+    browser = QTextBrowser(openExternalLinks=True)
+    browser.setHtml(text)
+    QVBoxLayout(dialog).addWidget(browser)
+    dialog.resize(560, 480)
+    dialog.show()
+    return dialog
+
+
+def shortcuts_page(window) -> str:
+    rows = [(a.text().replace("&", ""), a.shortcut().toString(QKeySequence.SequenceFormat.NativeText))
+            for a in window.actions() if not a.shortcut().isEmpty()]
+    rows.append(("Leave demo mode", "Esc"))
+    body = "".join(f"<tr><td>{html.escape(t)}</td><td><b>{html.escape(k)}</b></td></tr>" for t, k in rows)
+    return (f"<h3>Keyboard shortcuts</h3><table cellpadding='4'>{body}</table>"
+            "<p>The arrow keys move a slider while it has the focus (click it first), and step "
+            "through the images otherwise.</p>")
+
+
+def about_page(window) -> str:
+    import PySide6
+    import torch
+    import torchvision
+    from PySide6.QtCore import qVersion
+
+    from .. import __version__
+
+    try:
+        import onnxruntime
+        ort = onnxruntime.__version__
+    except ImportError:
+        ort = "not installed"
+    ws = window.controller.ws
+    weights = (f"{ws.loaded.display_name}: {ws.loaded.weights or 'unknown'}" if ws else "not loaded yet")
+    rows = [("Workbench", __version__), ("PyTorch", torch.__version__), ("torchvision", torchvision.__version__),
+            ("Qt", f"{qVersion()} (PySide6 {PySide6.__version__})"), ("ONNX Runtime", ort),
+            ("Model weights", weights), ("Python", platform.python_version()),
+            ("CPU", _cpu()), ("Log", str(window.log_path or "not written"))]
+    body = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(v)}</td></tr>" for k, v in rows)
+    return ("<h3>Workbench</h3><p>Prune and quantize a vision model and see the original and the "
+            f"optimized model side by side, with measured numbers.</p><table cellpadding='3'>{body}</table>")
+
+
+def _cpu() -> str:
+    from ..core.process import machine
+
+    m = machine()
+    return f"{m['cpu']}, {m['cores']} cores"
+
+
+def what_am_i_seeing(window) -> str:
+    """Which numbers are measured and which simulated, and how each is measured."""
+    c = window.controller
+    s = c.settings
+    opt = c.current
+    if opt is None:
+        now = "<p>No optimized model yet.</p>"
+    else:
+        cfg = opt.config
+        if cfg.is_identity:
+            what = "The optimized pane runs an unchanged copy of the original."
+        elif cfg.simulated:
+            what = (f"<b>Simulated:</b> {cfg.bits}-bit weights are rounded to {cfg.bits}-bit values but run "
+                    "on float kernels (this CPU has no kernels for them). Accuracy and file size are real "
+                    "(the file stores the packed codes); the latency is that of float kernels, so no speedup "
+                    "is expected from the bit width.")
+        else:
+            what = f"<b>Real kernels:</b> {html.escape(opt.kernels)}."
+        if cfg.sparsity and not cfg.prune_method.startswith("structured"):
+            what += (" Unstructured zeros are stored in dense tensors: the packed file shrinks, the "
+                     "latency does not (no sparse kernels run).")
+        elif cfg.sparsity:
+            what += " Structured pruning removes whole channels: the model is really smaller and faster."
+        now = f"<p><b>Now:</b> {html.escape(cfg.label())}. {what}</p>"
+    from ..core.process import timing_threads
+
+    threads = s.threads or timing_threads() or "all"
+    return f"""<h3>What am I seeing?</h3>{now}
+<ul>
+<li><b>Latency, measured alone</b> (measured): the median of {s.latency_runs} runs of one image after
+{s.warmup} warm-up runs, {threads} threads, with the app's other work held back while it is timed.
+The original and the optimized model are timed one after the other in the same job. The
+'this frame' figure in each pane is one run while the app works, so it is noisier.</li>
+<li><b>Model file size</b> (measured): the size of the file a user would ship, written for real
+(.pt, ONNX, or a packed file for simulated bit widths and zeroed weights).</li>
+<li><b>Process memory</b> (measured): resident memory of the whole app, once a second.</li>
+<li><b>Accuracy</b> (measured): top-1 on the images whose folder or file names give the class, with
+a 95 % Wilson interval; on unlabelled images, how often the optimized model agrees with the
+original. Live: agreement on the frames both models saw.</li>
+<li><b>Trade-off</b>: each configuration tried, at its measured latency and accuracy; the size of a
+point is its file size. Click one to go back to it.</li>
+<li><b>Calibration</b>: quantization and BatchNorm re-estimation use the first
+{s.calibration_images} images of the source.</li>
+</ul>
+<p>The command line gives the same numbers: File → Copy as command puts the command on the
+clipboard. Help → About lists the versions.</p>"""
+
+
+def open_folder(path: Path | None) -> bool:
+    return bool(path) and QDesktopServices.openUrl(QUrl.fromLocalFile(str(path)))
+
