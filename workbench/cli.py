@@ -169,7 +169,7 @@ def run_compare(args) -> int:
     from .core.sources import SourceError, open_source
 
     if args.limit is not None and args.limit < 1:
-        return _fail("--limit must be at least 1")
+        return _fail(f"--limit must be at least 1, got {args.limit}")
     try:
         config, settings = _settings_and_config(args)
         setup_process(settings.threads)
@@ -202,6 +202,13 @@ def _bench_parser(sub) -> None:
     _optimization_options(live)
     live.set_defaults(bits=8)
     live.add_argument("--json", action="store_true")
+    soak = bench.add_parser("soak", help="long run: the live window on a video, then a folder pass; memory, "
+                                         "threads and open files over time")
+    soak.add_argument("--video", default=None, help="default: a generated 640x480 30 FPS clip")
+    soak.add_argument("--seconds", type=float, default=600.0, help="live part (default: %(default)s)")
+    soak.add_argument("--images", default=None, help="folder read over and over (default: sample photos)")
+    soak.add_argument("--frames", type=int, default=10_000, help="folder pass (default: %(default)s)")
+    soak.add_argument("--json", action="store_true")
     acc = bench.add_parser("accuracy", help="top-1 of each configuration without and with the accuracy methods")
     acc.add_argument("--images", required=True, help="a labelled image folder (e.g. the shared ImageNet sample)")
     acc.add_argument("--limit", type=int, default=None)
@@ -265,9 +272,17 @@ def run_bench(args) -> int:
     setup_process()
     if args.bench == "speed":
         return run_speed(args)
+    if args.bench == "soak":
+        return run_soak(args)
     if args.bench == "accuracy":
+        if args.limit is not None and args.limit < 1:
+            return _fail(f"--limit must be at least 1, got {args.limit}")
+        if not 0 <= args.recover_seconds <= 86_400:
+            return _fail(f"--recover-seconds must be between 0 and 86400, got {args.recover_seconds:g}")
         return run_accuracy(args)
 
+    if not 1 <= args.seconds <= 86_400:
+        return _fail(f"--seconds must be between 1 and 86400, got {args.seconds:g}")
     try:
         config = OptimizationConfig(sparsity=args.sparsity, prune_method=args.prune_method, bits=args.bits,
                                     quant_scheme=args.quant_scheme)
@@ -293,6 +308,33 @@ def run_bench(args) -> int:
     return 0
 
 
+def run_soak(args) -> int:
+    """bench soak: the live pipeline, then the folder pass; growth is measured after warm-up."""
+    import tempfile
+
+    from .core.bench import folder_soak
+    from .core.config import OptimizationConfig
+    from .core.live import make_test_video
+    from .ui.live_bench import bench_live
+
+    if not 1 <= args.seconds <= 86_400 or not 1 <= args.frames <= 10_000_000:
+        return _fail(f"--seconds must be 1 to 86400 and --frames 1 to 10000000, got {args.seconds:g}, {args.frames}")
+    video = args.video or str(make_test_video(Path(tempfile.mkdtemp()) / "soak.avi", seconds=10, fps=30))
+    config = OptimizationConfig(bits=8)
+    result = {"live": bench_live(video, args.seconds, config)}
+    samples = result["live"]["resources"]
+    warm = next((s for s in samples if s["seconds"] >= 30), samples[0])
+    result["live"]["growth_after_warmup"] = {k: round(samples[-1][k] - warm[k], 1)
+                                             for k in ("rss_mb", "threads", "open_files")}
+    for step in folder_soak(args.images, args.frames, config, sample_every=max(1, min(500, args.frames // 10))):
+        if isinstance(step, str):
+            print(step, file=sys.stderr)
+        else:
+            result["folder"] = step
+    print(json.dumps(result, indent=1) if args.json else result)
+    return 0
+
+
 def run_gui(args) -> int:
     from .app import run
 
@@ -315,6 +357,7 @@ class _SubParsers:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from . import explore_cli
     from .core.logs import setup_logging
 
     common = argparse.ArgumentParser(add_help=False)
@@ -324,6 +367,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = _SubParsers(parser.add_subparsers(dest="command"), common)
     _compare_parser(sub)
     _bench_parser(sub)
+    explore_cli.add_parsers(sub)
     g = sub.add_parser("gui", help="open the window (the default)")
     g.add_argument("--model", default=None)
     g.add_argument("--images", default=None)
@@ -335,6 +379,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_compare(args)
     if args.command == "bench":
         return run_bench(args)
+    if args.command in ("sweep", "export"):
+        return explore_cli.run(args)
     if args.command is None:
         args = parser.parse_args(["gui", *(argv or [])])
     return run_gui(args)

@@ -149,3 +149,45 @@ def _recovery_rows(loaded, frames, config: OptimizationConfig, seconds: float, l
         pass
     after = compare_on_inputs(loaded, result, test, settings)
     yield _accuracy_row("structured, 30% fewer MACs (held-out half)", "best + distillation", after, seconds)
+
+
+def process_resources() -> dict:
+    """Resident memory (MB), threads and open file descriptors of this process, now."""
+    import psutil
+
+    p = psutil.Process()
+    return {"rss_mb": round(p.memory_info().rss / 1e6, 1), "threads": p.num_threads(), "open_files": p.num_fds()}
+
+
+def folder_soak(images: str | None, frames: int, config: OptimizationConfig,
+                sample_every: int = 500) -> Iterator[str | dict]:
+    """Job: read the folder over and over (each image read from its file each time), run both
+    models on every frame, ``frames`` in all; samples memory, threads and open files. The
+    baseline is taken after the first ``sample_every`` frames (warm caches, allocator pools)."""
+    import time
+
+    from .session import predict_one
+
+    loaded = load_model("efficientnet_lite0")
+    source = open_source(images)
+    calibration = [loaded.preprocess(f.rgb) for f in list(source)[:32]]
+    opt = optimize(loaded.model, config, calibration)
+    samples, done, t0 = [], 0, time.monotonic()
+    while done < frames:
+        for i in range(len(source)):
+            frame = source.frame(i)
+            if frame is None:
+                continue
+            x = loaded.preprocess(frame.rgb)
+            predict_one(loaded.model, x)
+            predict_one(opt.model, x)
+            done += 1
+            if done % sample_every == 0 or done == frames:
+                samples.append({"frames": done, "seconds": round(time.monotonic() - t0, 1), **process_resources()})
+                yield f"folder pass: {done}/{frames} frames"
+            if done >= frames:
+                break
+    base, end = samples[0], samples[-1]
+    yield {"images": source.name, "files": len(source), "frames": done, "config": config.to_dict(),
+           "kernels": opt.kernels, "seconds": end["seconds"], "samples": samples,
+           "growth_after_warmup": {k: round(end[k] - base[k], 1) for k in ("rss_mb", "threads", "open_files")}}

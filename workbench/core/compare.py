@@ -93,21 +93,33 @@ def compare_steps(loaded: LoadedModel, source, config: OptimizationConfig, setti
         raise ValueError(f"no readable image in {source.name}")
     out = Path(out_dir or tempfile.mkdtemp(prefix="workbench-"))
     out.mkdir(parents=True, exist_ok=True)
-    calibration = batch.inputs[:settings.calibration_images]
-    opt = yield from relay(optimize_steps(loaded.model, config, calibration, workdir=out))
+    opt = yield from relay(optimize_batch_steps(loaded, batch, config, settings, out))
     yield f"evaluating {len(batch.inputs)} images"
     yield report_for(loaded, opt, batch, out, settings, source.name)
 
 
+def optimize_batch_steps(loaded: LoadedModel, batch: Batch, config: OptimizationConfig, settings: MeasureSettings,
+                         out: Path) -> Iterator[str | OptimizedModel]:
+    """Optimize ``loaded.model`` as a comparison does, on frames already read: calibrated on the
+    first ``settings.calibration_images`` frames of ``batch``, ONNX files written to ``out``.
+    Yields progress, then the :class:`OptimizedModel` (sweeps and exports share the batch)."""
+    calibration = batch.inputs[:settings.calibration_images]
+    yield from optimize_steps(loaded.model, config, calibration, workdir=out)
+
+
 def report_for(loaded: LoadedModel, opt: OptimizedModel, batch: Batch, out: Path,
-               settings: MeasureSettings | None = None, source_name: str = "") -> dict:
-    """The comparison report of an optimized model against its original on ``batch``."""
+               settings: MeasureSettings | None = None, source_name: str = "", original: dict | None = None) -> dict:
+    """The comparison report of an optimized model against its original on ``batch``.
+    ``original``: the original's :func:`original_figures`, when already measured (a sweep
+    measures and writes the original once for all its configurations)."""
     settings = settings or MeasureSettings()
     ref = predict(loaded.model, batch.inputs)
     new = predict(opt.model, batch.inputs)
     example = batch.inputs[0]
+    if original is None:
+        original = original_figures(loaded, example, out, settings)
     return build_report(loaded, opt, settings, source_name=source_name, labels=batch.labels,
-                        skipped=batch.skipped, original=original_figures(loaded, example, out, settings),
+                        skipped=batch.skipped, original=original,
                         optimized=optimized_figures(opt, example, out, settings), ref=ref, new=new)
 
 

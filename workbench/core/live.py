@@ -47,6 +47,7 @@ class Grabber(threading.Thread):
         self.latest: Stamped | None = None
         self.frames_read = 0
         self.error: str | None = None
+        self.notice: str | None = None  # e.g. a video that ends before the frame count its header gives
         self.ended = False
         self._halt = threading.Event()
         self._paused = threading.Event()
@@ -56,6 +57,7 @@ class Grabber(threading.Thread):
         camera = isinstance(self.source.target, int)
         period = 1.0 / self.fps
         next_t = time.perf_counter()
+        since_rewind = self.source.position  # frames already read from this pass (the calibration frames)
         try:
             while not self._halt.is_set():
                 if self._paused.is_set():
@@ -67,11 +69,20 @@ class Grabber(threading.Thread):
                     if camera:
                         self.error = f"{self.source.name} stopped delivering frames (unplugged?)"
                         break
+                    if since_rewind == 0:  # not even one frame from the start: nothing to loop over
+                        self.error = f"{self.source.name}: no frame can be read (truncated or damaged file?)"
+                        break
+                    expected = self.source.frame_count
+                    if expected and since_rewind < expected - 1:
+                        self.notice = (f"{self.source.name} ended after {since_rewind} of its {expected} frames "
+                                       "(truncated file?)")
                     if self.loop:
                         self.source.rewind()
+                        since_rewind = 0
                         continue
                     self.ended = True
                     break
+                since_rewind += 1
                 self.frames_read += 1
                 with self.new_frame:
                     self.latest = Stamped(self.frames_read, frame)

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from .config import MeasureSettings
+from .files import atomic_path
 from .locks import quiet, running
 from .process import flush_denormals, timing_threads
 from .quantize import QUANT_LAYERS, fake_quantize_weight
@@ -261,7 +262,7 @@ def save_packed(path: Path, arrays: dict[str, np.ndarray]) -> None:
         index[name] = [a.dtype.str, list(a.shape), offset]
         offset += a.nbytes
     header = json.dumps(index, separators=(",", ":")).encode()
-    with open(path, "wb") as f:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
         f.write(b"WBPACK1\n" + len(header).to_bytes(4, "little") + header)
         for a in arrays.values():
             f.write(np.ascontiguousarray(a).tobytes())
@@ -294,10 +295,12 @@ def write_model_file(path: Path, model: nn.Module, *, quant_bits: dict[str, int]
         save_packed(path, packed_state(model, quant_bits or {}, per_channel, scales))
         fmt = PACKED_FORMAT
     elif isinstance(model, torch.jit.ScriptModule):
-        model.save(str(path))
+        with atomic_path(path) as tmp:
+            model.save(str(tmp))
         fmt = "torchscript"
     else:
-        with open(path, "wb") as f:  # a file object: the archive's inner name does not follow the file's
+        # a file object: the archive's inner name does not follow the file's
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
             torch.save(model.state_dict(), f)
         fmt = "torch-state-dict"
     return path.stat().st_size, fmt

@@ -119,7 +119,7 @@ def load_model(name_or_path: str, weights: str = "default", trust: bool = False,
     """
     path = Path(name_or_path).expanduser()
     if path.suffix and path.exists():
-        return load_model_file(path, arch=arch, trust=trust)
+        return check_model(load_model_file(path, arch=arch, trust=trust))
     if name_or_path in LITE_VARIANTS:
         return _load_lite(name_or_path, weights)
     if name_or_path in torchvision_classifiers():
@@ -179,6 +179,38 @@ def _load_torchvision(name: str, weights: str) -> LoadedModel:
                             interpolation=str(pre.interpolation.value))
     return LoadedModel(name, model.eval(), preprocess, list(enum.meta["categories"]), False,
                        f"torchvision {enum}")
+
+
+INPUT_SIZES = (224, 299, 256, 240, 192, 160, 128, 96, 64, 32, 320, 384, 512)
+
+
+def check_model(loaded: LoadedModel) -> LoadedModel:
+    """A model from a file must take an RGB image and give one score per class: try it on a
+    blank image at 224 pixels, then at other common input sizes (the first that works is used,
+    with a matching resize); refuse it with the reason otherwise."""
+    name, first_error = loaded.name, None
+    for size in INPUT_SIZES:
+        try:
+            with torch.inference_mode():
+                out = loaded.model(torch.zeros(1, 3, size, size))
+        except Exception as exc:  # any error of the model's own code: try another size
+            first_error = first_error or exc
+            continue
+        if not isinstance(out, torch.Tensor):
+            raise ModelLoadError(f"{name}: returns a {type(out).__name__}, not a tensor of class scores")
+        if out.dim() != 2 or out.shape[0] != 1:
+            raise ModelLoadError(f"{name}: returns a tensor of shape {tuple(out.shape)} for one image; "
+                                 "expected (1, classes) scores")
+        if out.shape[1] != len(loaded.classes):
+            raise ModelLoadError(f"{name}: gives {out.shape[1]} scores per image; Workbench compares classifiers "
+                                 f"over the {len(loaded.classes)} ImageNet classes")
+        if size != loaded.preprocess.crop:
+            p = loaded.preprocess
+            loaded.preprocess = Preprocess(resize=round(size * p.resize / p.crop), crop=size, mean=p.mean,
+                                           std=p.std, interpolation=p.interpolation)
+        return loaded
+    raise ModelLoadError(f"{name}: does not run on a 1x3xSxS image at any of {', '.join(map(str, INPUT_SIZES))} "
+                         f"pixels ({type(first_error).__name__}: {str(first_error).splitlines()[0][:200]})")
 
 
 def load_model_file(path: Path, arch: str | None = None, trust: bool = False) -> LoadedModel:

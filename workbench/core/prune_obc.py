@@ -50,7 +50,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import math
-import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,6 +59,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .files import atomic_path
 from .locks import running
 
 DB_VERSION = 6
@@ -437,11 +437,10 @@ class PruneDatabase:
     def save(self, path: Path) -> None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        torch.save({"version": DB_VERSION, "key": self.key, "levels": self.levels, "total": self.total,
-                    "base_zeros": self.base_zeros, "info": self.info,
-                    "tables": {n: t.__dict__ for n, t in self.tables.items()}}, tmp)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            torch.save({"version": DB_VERSION, "key": self.key, "levels": self.levels, "total": self.total,
+                        "base_zeros": self.base_zeros, "info": self.info,
+                        "tables": {n: t.__dict__ for n, t in self.tables.items()}}, tmp)
 
     @classmethod
     def load(cls, path: Path) -> PruneDatabase | None:

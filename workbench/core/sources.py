@@ -38,12 +38,33 @@ class Skipped:
     reason: str
 
 
-def read_image(path: Path) -> np.ndarray:
-    """RGB uint8 array of an image file (grayscale, palette and alpha converted)."""
-    from PIL import Image
+MAX_SIDE = 4096  # frames are reduced on load to at most this many pixels a side
+MAX_DECODE_PIXELS = 100_000_000  # the most pixels decoded at once (300 MB of RGB)
 
+
+def read_image(path: Path, max_side: int = MAX_SIDE) -> np.ndarray:
+    """RGB uint8 array of an image file, upright (EXIF orientation applied), at most
+    ``max_side`` pixels a side (grayscale, palette, CMYK, 16-bit and alpha converted).
+
+    Memory stays bounded: a large JPEG decodes reduced (1/2 to 1/8 scale) straight from the
+    file; anything that would decode to more than MAX_DECODE_PIXELS (a PNG "bomb", a huge
+    TIFF) is refused with the reason instead of taking the machine's memory."""
+    from PIL import Image, ImageOps
+
+    Image.MAX_IMAGE_PIXELS = None  # PIL's own bomb check would refuse huge JPEGs we can decode reduced
     with Image.open(path) as im:
-        im.load()
+        w, h = im.size
+        if max(w, h) > max_side and im.format == "JPEG":  # DCT scaling: between max_side / 2 and max_side
+            scale = 2 * max(w, h) / max_side
+            im.draft(im.mode, (max(1, round(w / scale)), max(1, round(h / scale))))
+        decoded = im.size[0] * im.size[1]
+        if decoded > MAX_DECODE_PIXELS:
+            raise ValueError(f"{w}x{h} {im.format} image is too large to decode safely "
+                             f"(more than {MAX_DECODE_PIXELS // 1_000_000} megapixels"
+                             f"{'' if im.format == 'JPEG' else '; a JPEG this size would be read reduced'})")
+        im = ImageOps.exif_transpose(im)  # phone photos are stored sideways with a tag
+        if max(im.size) > max_side:
+            im.thumbnail((max_side, max_side), Image.Resampling.BILINEAR)
         return np.asarray(im.convert("RGB"))
 
 
@@ -166,6 +187,23 @@ class VideoSource:
                 return
             n += 1
             yield frame
+
+    @property
+    def position(self) -> int:
+        """Frames read since the start (or the last rewind)."""
+        import cv2
+
+        return 0 if isinstance(self.target, int) else int(self._cap.get(cv2.CAP_PROP_POS_FRAMES) or 0)
+
+    @property
+    def frame_count(self) -> int | None:
+        """Frames the video's header announces (None for a camera, or when it does not say)."""
+        import cv2
+
+        if isinstance(self.target, int):
+            return None
+        n = int(self._cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+        return n if n > 0 else None
 
     def rewind(self) -> None:
         import cv2

@@ -101,6 +101,7 @@ class Controller(QObject):
         self.load(self.ws.loaded if self.ws else self.model_spec, spec)
 
     def _on_loaded(self, ws) -> None:
+        _remove_work_folder(self.ws)
         self.ws, self.current, self.measured_result, self.original_figures = ws, None, None, None
         self.shown_config, self._report, self.index, self.notice = None, None, 0, ""
         log.info("loaded %s (%s) on %s", ws.loaded.display_name, ws.loaded.weights, ws.source.name)
@@ -120,7 +121,12 @@ class Controller(QObject):
 
         self._reading = False
         skipped = skipped_of(self.ws.source)
-        if skipped:
+        root = getattr(self.ws.source, "root", None)
+        if skipped and root is not None and not any(Path(f).exists() for f in self.ws.source.files):
+            self.notice = (f"{root} was deleted or emptied while it was read: showing the {len(self.ws.frames)} "
+                           "images read before")
+            self.status.emit(self.notice, True)
+        elif skipped:
             names = ", ".join(Path(s["path"]).name for s in skipped[:3]) + ("…" if len(skipped) > 3 else "")
             self.notice = f"skipped {len(skipped)} unreadable file(s): {names}"
             self.status.emit(self.notice, True)
@@ -320,7 +326,18 @@ class Controller(QObject):
     def shutdown(self) -> bool:
         self._debounce.stop()
         stopped = self.stop_live()
-        return self.runner.shutdown() and stopped
+        done = self.runner.shutdown() and stopped
+        if done:
+            _remove_work_folder(self.ws)
+        return done
+
+
+def _remove_work_folder(ws) -> None:
+    """A workspace's files (one folder per configuration tried, the newest few kept) go with it."""
+    import shutil
+
+    if ws is not None:
+        shutil.rmtree(ws.out_dir, ignore_errors=True)
 
 
 def _first_load(load_workspace, *args):

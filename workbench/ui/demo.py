@@ -144,8 +144,11 @@ def snapshot(widget: QWidget, folder: Path) -> Path:
     """A PNG of ``widget`` (both panes side by side) in ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"workbench-{_stamp()}.png"
-    if not widget.grab().save(str(path), "PNG"):
-        raise OSError(f"cannot write {path}")
+    from ..core.files import atomic_path
+
+    with atomic_path(path) as tmp:
+        if not widget.grab().save(str(tmp), "PNG"):
+            raise OSError(f"cannot write {path}")
     return path
 
 

@@ -31,7 +31,9 @@ def _p50_p99(values: list[float]) -> dict:
     return {"p50": round(statistics.median(ordered), 2), "p99": round(ordered[int(0.99 * (len(ordered) - 1))], 2)}
 
 
-def bench_live(video: str, seconds: float, config: OptimizationConfig) -> dict:
+def bench_live(video: str, seconds: float, config: OptimizationConfig, sample_s: float = 30.0) -> dict:
+    """The window on ``video`` for ``seconds``: display and prediction rates, UI lag, and every
+    ``sample_s`` the process's memory, threads and open files (a soak's figures)."""
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
     from PySide6.QtCore import QElapsedTimer, QTimer
     from PySide6.QtWidgets import QApplication
@@ -69,10 +71,16 @@ def bench_live(video: str, seconds: float, config: OptimizationConfig) -> dict:
     proc.cpu_percent(None)
     clock.start()
     probe.start()
+    from ..core.bench import process_resources
+
     t0 = time.monotonic()
+    samples, next_sample = [{"seconds": 0.0, **process_resources()}], sample_s
     while time.monotonic() - t0 < seconds:
         app.processEvents()
         time.sleep(0.001)
+        if time.monotonic() - t0 >= next_sample:
+            samples.append({"seconds": round(time.monotonic() - t0, 1), **process_resources()})
+            next_sample += sample_s
     elapsed = time.monotonic() - t0
     probe.stop()
     read = live.grabber.frames_read - start["read"]
@@ -93,6 +101,7 @@ def bench_live(video: str, seconds: float, config: OptimizationConfig) -> dict:
         "cpu_count": os.cpu_count(),
         "runtime": {"original": live.original.runtime, "optimized": live.optimized.runtime},
         "prediction_rate_limit": round(live.governor.rate, 2),
+        "resources": samples + [{"seconds": round(elapsed, 1), **process_resources()}],
     }
     w.close()
     return result

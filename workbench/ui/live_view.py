@@ -49,6 +49,7 @@ class LiveDisplay(QObject):
         self.c, self.panes, self.frame_label, self.status = controller, (original_pane, optimized_pane), \
             frame_label, status
         self.stats = {"displayed": 0, "last_seq": 0}
+        self._notice: str | None = None
         self.timer = QTimer(self, timerType=Qt.TimerType.PreciseTimer)
         self.timer.timeout.connect(self._on_tick)
         controller.live_changed.connect(self._on_live_changed)
@@ -125,6 +126,9 @@ class LiveDisplay(QObject):
             self.c.live_failed(live.grabber.error)
         elif error:
             self.status(error, True)
+        elif live.grabber.notice and live.grabber.notice != self._notice:
+            self._notice = self.c.notice = live.grabber.notice
+            self.status(live.grabber.notice, True)
         elif live.grabber.ended and not live.grabber.is_alive():
             self.status(f"{ws.source.name}: end of video", False)
             self.timer.stop()

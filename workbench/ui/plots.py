@@ -230,12 +230,24 @@ EXPORT_FORMATS = {".png": "PNG image", ".svg": "SVG drawing", ".csv": "CSV table
 
 
 def export_plot(widget: pg.PlotWidget, path: str | Path) -> Path:
-    """Write ``widget`` as PNG, SVG or CSV (by the suffix) with pyqtgraph's exporters. CSV holds
-    every curve and point set (pyqtgraph's CSVExporter) and, for bar charts, the bars."""
-    from pyqtgraph import exporters
+    """Write ``widget`` as PNG, SVG or CSV (by the suffix) with pyqtgraph's exporters, whole or
+    not at all. CSV holds every curve and point set (pyqtgraph's CSVExporter) and, for bar
+    charts, the bars."""
+    from ..core.files import atomic_path
 
     path = Path(path)
     suffix = path.suffix.lower()
+    if suffix not in EXPORT_FORMATS:
+        raise ValueError(f"cannot export a plot as {suffix or 'a file without a suffix'}: "
+                         f"use {', '.join(EXPORT_FORMATS)}")
+    with atomic_path(path) as tmp:
+        _export(widget, tmp, suffix)
+    return path
+
+
+def _export(widget: pg.PlotWidget, path: Path, suffix: str) -> None:
+    from pyqtgraph import exporters
+
     item = widget.getPlotItem()
     if suffix == ".png":
         exporter = exporters.ImageExporter(item)
@@ -246,24 +258,19 @@ def export_plot(widget: pg.PlotWidget, path: str | Path) -> Path:
             exporters.SVGExporter(item).export(str(path))
         except ValueError:  # pyqtgraph 0.14 cannot parse the path syntax of Qt 6.11's SVG generator
             _qt_svg(widget, path)
-    elif suffix == ".csv":
-        bars = [i for i in item.items if isinstance(i, pg.BarGraphItem)]
-        if bars:  # CSVExporter knows curves and points only
-            with open(path, "w", newline="") as f:
-                out = csv.writer(f)
-                out.writerow(["x", "label", "height"])
-                ticks = dict(item.getAxis("bottom")._tickLevels[0]) if item.getAxis("bottom")._tickLevels else {}
-                for bar in bars:
-                    for x, h in zip(bar.opts.get("x") or [], bar.opts.get("height") or []):
-                        out.writerow([x, ticks.get(x, ""), h])
-        else:
-            exporters.CSVExporter(item).export(str(path))
     else:
-        raise ValueError(f"cannot export a plot as {suffix or 'a file without a suffix'}: "
-                         f"use {', '.join(EXPORT_FORMATS)}")
-    if not path.is_file():
-        raise OSError(f"the plot was not written to {path}")
-    return path
+        bars = [i for i in item.items if isinstance(i, pg.BarGraphItem)]
+        if not bars:  # CSVExporter knows curves and points only
+            exporters.CSVExporter(item).export(str(path))
+            return
+        with open(path, "w", newline="") as f:
+            out = csv.writer(f)
+            out.writerow(["x", "label", "height"])
+            levels = item.getAxis("bottom")._tickLevels
+            ticks = dict(levels[0]) if levels else {}
+            for bar in bars:
+                for x, h in zip(bar.opts.get("x") or [], bar.opts.get("height") or []):
+                    out.writerow([x, ticks.get(x, ""), h])
 
 
 def _qt_svg(widget: pg.PlotWidget, path: Path) -> None:
