@@ -45,7 +45,12 @@ def add_parsers(sub) -> None:
     s.add_argument("--max-evals", type=int, default=8, help="budget search: at most N measured configurations "
                                                             "(default: %(default)s)")
     measure_options(s)
-    s.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    s.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores; with --ray: 1 "
+                                                             "per task, each task holding as many CPUs)")
+    s.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                   help="run each configuration as a Ray task (pip install .[ray]): alone, a local Ray on this "
+                        "machine; with an address, a cluster (\"auto\", or ray://host:port; its nodes need the "
+                        "workbench installed). Same files as without")
     s.add_argument("--out", required=True, help="folder for the results and the model files behind them")
     s.add_argument("--json", action="store_true", help="print results.json")
 
@@ -94,6 +99,7 @@ def run(args) -> int:
     from .core.optimize import OptimizeError
     from .core.process import setup_process
     from .core.sources import SourceError
+    from .core.sweep import RaySweepError
 
     if args.limit is not None and args.limit < 1:
         return _fail(f"--limit must be at least 1, got {args.limit}")
@@ -105,9 +111,12 @@ def run(args) -> int:
         if args.command == "export":
             return _export(args, settings)
         if args.budget_ms is not None or args.budget_mb is not None:
+            if getattr(args, "ray", None) is not None:
+                raise ConfigError("--ray runs a grid sweep; the budget search (--budget-ms / --budget-mb) "
+                                  "measures one candidate after another and does not take it")
             return _budget(args, settings)
         return _sweep(args, settings)
-    except (ConfigError, SourceError, ModelLoadError, OptimizeError, ValueError) as exc:
+    except (ConfigError, SourceError, ModelLoadError, OptimizeError, RaySweepError, ValueError) as exc:
         return _fail(str(exc))
 
 
@@ -152,7 +161,9 @@ def _sweep(args, settings) -> int:
         raise ConfigError(configs.skipped[0]["error"])
     for s in configs.skipped:
         print(f"workbench: skipped sparsity {s['sparsity']:g}, bits {s['bits']}: {s['error']}", file=sys.stderr)
-    result = _drain(sweep_steps(args.model, args.images, configs, settings, args.limit, Path(args.out)))
+    ray = getattr(args, "ray", None)
+    result = _drain(sweep_steps(args.model, args.images, configs, settings, args.limit, Path(args.out),
+                                use_ray=ray is not None, ray_address=None if ray in (None, "local") else ray))
     if result is None:
         return _fail("the sweep gave no result")
     paths = write_sweep(result, args.out)

@@ -12,9 +12,15 @@ from torch import nn
 
 
 def export_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> Path:
-    """Export with a fixed batch-1 input (TorchScript-based exporter: no extra packages)."""
-    torch.onnx.export(model.eval(), (example,), str(path), dynamo=False, opset_version=17,
-                      input_names=["input"], output_names=["logits"])
+    """Export with a fixed batch-1 input (TorchScript-based exporter: no extra packages).
+
+    torch's exporter keeps process-wide state (``GLOBALS.in_onnx_export``): an export beside
+    another export or a trace in another job fails, so it holds the tracing lock."""
+    from .locks import tracing
+
+    with tracing():
+        torch.onnx.export(model.eval(), (example,), str(path), dynamo=False, opset_version=17,
+                          input_names=["input"], output_names=["logits"])
     return Path(path)
 
 

@@ -60,7 +60,9 @@ def write_torchscript(opt: OptimizedModel, example: torch.Tensor, path: Path) ->
         model, what = opt.float_model, f"the optimized float network (the measured model ran {opt.kernels})"
         if opt.config.real_int8:
             what += "; its int8 rounding is not in this file"
-    with torch.no_grad():
+    from .locks import tracing  # torch's tracer keeps process-wide state
+
+    with tracing(), torch.no_grad():
         traced = torch.jit.trace(model.eval(), example, check_trace=False)
     with atomic_path(path) as tmp:
         torch.jit.save(traced, str(tmp))

@@ -169,11 +169,21 @@ class FramePredictions:
     optimized: Prediction | None
 
 
-def predict_frame(ws: Workspace, index: int, optimized) -> FramePredictions:
-    ref = ws.original_preds.get(index)
+def predict_frame(ws: Workspace, index: int, optimized, reference=None) -> FramePredictions:
+    """Frame ``index`` through the left model (the original, cached, or ``reference``: another
+    configuration's model) and the optimized one."""
+    if reference is not None:
+        ref = predict_one(reference, ws.inputs[index])
+    else:
+        ref = ws.original_preds.get(index)
     if ref is None:
         ref = ws.original_preds[index] = predict_one(ws.loaded.model, ws.inputs[index])
     return FramePredictions(index, ref, predict_one(optimized, ws.inputs[index]) if optimized is not None else None)
+
+
+def optimize_job(ws: Workspace, config: OptimizationConfig, settings: MeasureSettings) -> Iterator[str | OptimizedModel]:
+    """Job: only the optimized model of ``config`` (calibrated as everywhere), not measured."""
+    yield from optimize_steps(ws.loaded.model, config, ws.calibration(settings.calibration_images))
 
 
 def optimize_and_measure(ws: Workspace, config: OptimizationConfig, settings: MeasureSettings,
@@ -219,26 +229,50 @@ class EvalProgress:
         return self.agree / self.done if self.done else 0.0
 
 
+EVAL_SEED = 0
+
+
 def evaluate_steps(ws: Workspace, optimized_model) -> Iterator[EvalProgress]:
-    """Both models over every frame read so far; the original's results are cached."""
+    """Both models over every frame read so far; the original's results are cached, so after
+    a change only the optimized model runs. The frames go in one fixed shuffled order (seed
+    EVAL_SEED), so the running estimate is not biased by the folder's order (folders sorted
+    by class); the final predictions are in frame order."""
+    import random
+
     orig_hits = opt_hits = labelled = agree = 0
     n = len(ws.inputs)
-    ref_probs, new_probs = [], []
-    for i in range(n):
+    order = list(range(n))
+    random.Random(EVAL_SEED).shuffle(order)
+    ref_probs, new_probs = [None] * n, [None] * n
+    for k, i in enumerate(order):
         ref = ws.original_preds.get(i)
         if ref is None:
             ref = ws.original_preds[i] = predict_one(ws.loaded.model, ws.inputs[i])
         new = predict_one(optimized_model, ws.inputs[i])
-        ref_probs.append(ref.probs)
-        new_probs.append(new.probs)
+        ref_probs[i], new_probs[i] = ref.probs, new.probs
         label = ws.frames[i].label
         if label is not None:
             labelled += 1
             orig_hits += ref.top1 == label
             opt_hits += new.top1 == label
         agree += ref.top1 == new.top1
-        final = (Predictions(torch.stack(ref_probs)), Predictions(torch.stack(new_probs))) if i == n - 1 else None
-        yield EvalProgress(i + 1, n, orig_hits, opt_hits, labelled, agree, final)
+        final = (Predictions(torch.stack(ref_probs)), Predictions(torch.stack(new_probs))) if k == n - 1 else None
+        yield EvalProgress(k + 1, n, orig_hits, opt_hits, labelled, agree, final)
+
+
+def differences(ws: Workspace, final: tuple[Predictions, Predictions]) -> list[dict]:
+    """The frames whose top-1 changed, most confident change first: index, name, each model's
+    top-1 and confidence, the true label, and how much confidence the optimized model gives
+    the original's class less (the shift)."""
+    ref, new = final
+    rows = []
+    for i in (ref.top1 != new.top1).nonzero().flatten().tolist():
+        a, b = int(ref.top1[i]), int(new.top1[i])
+        rows.append({"index": i, "name": Path(ws.frames[i].origin).name, "label": ws.frames[i].label,
+                     "original": a, "original_p": float(ref.probs[i, a]), "optimized": b,
+                     "optimized_p": float(new.probs[i, b]),
+                     "shift": float(new.probs[i, a] - ref.probs[i, a])})
+    return sorted(rows, key=lambda r: r["shift"])
 
 
 def workspace_report(ws: Workspace, original: dict, measured: Measured, evaluation: EvalProgress,

@@ -119,12 +119,18 @@ def _start(model_spec, images, limit, out: Path, settings: MeasureSettings):
 
 def sweep_steps(model_spec: str | LoadedModel, images, configs: Sequence[OptimizationConfig],
                 settings: MeasureSettings | None = None, limit: int | None = None,
-                out_dir: Path | str = "sweep") -> Iterator[str | dict]:
+                out_dir: Path | str = "sweep", *, use_ray: bool = False,
+                ray_address: str | None = None) -> Iterator[str | dict]:
     """Measure every configuration; yields progress ("config i/n: label" first for each), then
     ``{"rows", "front_latency", "front_size", "accuracy", "skipped", "settings", ...}``.
 
     The model and images are read once; the original is measured and written once
-    (``out_dir/models/original.pt``), each configuration's files go to ``out_dir/models/NN-label``."""
+    (``out_dir/models/original.pt``), each configuration's files go to ``out_dir/models/NN-label``.
+
+    ``use_ray`` (or a ``ray_address``): each configuration is one Ray task instead, see
+    :func:`ray_sweep_steps`; the same rows and files, progress "config i/n done: label"."""
+    if use_ray or ray_address:
+        return (yield from ray_sweep_steps(model_spec, images, configs, settings, limit, out_dir, ray_address))
     from .process import machine
 
     settings = settings or MeasureSettings()
@@ -143,6 +149,213 @@ def sweep_steps(model_spec: str | LoadedModel, images, configs: Sequence[Optimiz
     yield {"rows": rows, **fronts(rows), "skipped": list(getattr(configs, "skipped", [])),
            "model": loaded.display_name, "source": source.name, "images": len(batch.inputs),
            "settings": settings.to_dict(), "machine": machine()}
+
+
+# -- the same sweep as Ray tasks (the optional extra: pip install .[ray]) --------------------------
+
+RAY_MISSING = "the --ray sweep needs Ray: pip install .[ray] (or pip install 'ray>=2.9')"
+
+
+class RaySweepError(RuntimeError):
+    """Ray is missing, its cluster cannot be reached, or a task died (not a measurement error)."""
+
+
+def _import_ray():
+    try:
+        import ray
+    except ImportError as exc:
+        raise RaySweepError(RAY_MISSING) from exc
+    return ray
+
+
+def _swap(value, old: str, new: str):
+    """``value`` (a report: dicts, lists, strings) with every ``old`` in its strings made ``new``."""
+    if isinstance(value, str):
+        return value.replace(old, new)
+    if isinstance(value, dict):
+        return {k: _swap(v, old, new) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_swap(v, old, new) for v in value)
+    return value
+
+
+def _on_node(home: str | None, out: Path, shown: str, work):
+    """``work(folder)`` in a Ray task: in ``out`` (absolute) itself on the driver's node
+    (``home``); on another node (or under Ray Client, home None) in a temporary folder, whose
+    files come back as {relative path: bytes} for the driver to write to ``out``. Paths in the
+    value read ``shown`` (the folder as the local path names it). Returns (value, files, machine)."""
+    import tempfile
+
+    import ray
+
+    from .process import machine
+
+    if home is not None and ray.get_runtime_context().get_node_id() == home:
+        return _swap(work(out), str(out), shown), {}, machine()
+    with tempfile.TemporaryDirectory(prefix="workbench-ray-") as tmp:
+        value = work(Path(tmp))
+        files = {p.relative_to(tmp).as_posix(): p.read_bytes() for p in sorted(Path(tmp).rglob("*")) if p.is_file()}
+        return _swap(value, tmp, shown), files, machine()
+
+
+def _driver_node(ray) -> str | None:
+    """The node the driver runs on; None under Ray Client (no task runs beside the driver)."""
+    from ray.util.client import ray as ray_client
+
+    return None if ray_client.is_connected() else ray.get_runtime_context().get_node_id()
+
+
+def _task_model(model, settings: MeasureSettings) -> LoadedModel:
+    """In a task: one torch thread per CPU the task holds, and the model (put once, or its spec)."""
+    from .process import setup_process
+
+    setup_process(settings.threads or 1)
+    if isinstance(model, LoadedModel):
+        return model
+    from .models import load_model
+
+    return load_model(model)
+
+
+def _ray_original(model, example, out: Path, shown: str, settings: MeasureSettings, home: str | None):
+    """A Ray task: the original's figures, ``out/original.pt`` written (as :func:`_start` does)."""
+    loaded = _task_model(model, settings)
+
+    def work(folder: Path) -> dict:
+        folder.mkdir(parents=True, exist_ok=True)
+        return original_figures(loaded, example, folder, settings)
+
+    return _on_node(home, out, shown, work)
+
+
+def _ray_config(model, batch: Batch, config: OptimizationConfig, settings: MeasureSettings, out: Path,
+                shown: str, source_name: str, original: dict, home: str | None):
+    """A Ray task: one configuration's row (:func:`evaluate_steps`), its files in ``out``."""
+    loaded = _task_model(model, settings)
+
+    def work(folder: Path) -> dict:
+        row = None
+        for step in evaluate_steps(loaded, batch, config, settings, folder, source_name, original):
+            if not isinstance(step, str):
+                row = step
+        return row
+
+    return _on_node(home, out, shown, work)
+
+
+def _write_back(out: Path, files: dict[str, bytes]) -> None:
+    """The files a task on another node made, written where the local path writes them."""
+    for rel, data in files.items():
+        path = out / rel
+        if path.is_file() and path.stat().st_size == len(data) and path.read_bytes() == data:
+            continue  # a shared file system: already there
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(data)
+
+
+def _ray_get(ray, ref):
+    """ray.get, with a task's own exception (ConfigError, OptimizeError, ...) raised as itself."""
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as exc:
+        cause = getattr(exc, "cause", None)
+        if isinstance(cause, Exception) and not isinstance(cause, ray.exceptions.RayError):
+            raise cause from None
+        raise RaySweepError(f"a Ray task failed: {str(exc).splitlines()[0]}") from exc
+    except ray.exceptions.RayError as exc:
+        raise RaySweepError(f"a Ray task failed: {str(exc).splitlines()[0]}") from exc
+
+
+def ray_sweep_steps(model_spec: str | LoadedModel, images, configs: Sequence[OptimizationConfig],
+                    settings: MeasureSettings | None = None, limit: int | None = None,
+                    out_dir: Path | str = "sweep", address: str | None = None) -> Iterator[str | dict]:
+    """:func:`sweep_steps` with every configuration one Ray task; the same result and files.
+
+    ``address``: None starts a local Ray on this machine (all its cores; Ray's own
+    ``RAY_ADDRESS`` still applies); "auto" or "ray://host:port" connects to a cluster, whose
+    nodes need the workbench installed. An already initialised Ray is used as it is; one
+    started here is shut down at the end.
+
+    The driver reads the model and images once and puts them in Ray's object store once. The
+    original is measured once, in a task like the configurations' (the same torch threads:
+    ``settings.threads``, default 1, one CPU per thread), so that their speedups compare like
+    with like. Each configuration is one task that runs :func:`evaluate_steps` and returns its
+    row; a task on another node sends its files back and the driver writes them under
+    ``out_dir`` as the local path would. Progress: "config i/n done: label" as tasks finish;
+    rows in configuration order. Latencies are measured by tasks that run side by side (and,
+    on a cluster, on whichever node Ray picks: ``result["ray"]["machines"]``)."""
+    import os
+
+    from .process import machine
+
+    ray = _import_ray()
+    settings = settings or MeasureSettings()
+    out = Path(out_dir)
+    started = False
+    pending: dict = {}
+    try:
+        if not ray.is_initialized():
+            yield f"connecting to Ray at {address}" if address else "starting a local Ray"
+            try:
+                if address:
+                    ray.init(address=address, log_to_driver=False)
+                else:
+                    ray.init(include_dashboard=False, log_to_driver=False, num_cpus=os.cpu_count())
+            except (ConnectionError, RuntimeError, ValueError) as exc:
+                raise RaySweepError(f"cannot start or reach Ray{f' at {address}' if address else ''}: "
+                                    f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
+            started = True
+        home = _driver_node(ray)
+        loaded, source, batch = yield from relay(prepare_steps(model_spec, images, limit))
+        (out / "models").mkdir(parents=True, exist_ok=True)
+        try:
+            model = ray.put(loaded)
+        except Exception as exc:  # a module that does not pickle: each task loads it itself
+            if isinstance(model_spec, LoadedModel):
+                raise RaySweepError(f"the model does not pickle for Ray ({exc}); pass its name or file") from exc
+            model = str(model_spec)
+        batch_ref = ray.put(batch)
+        threads = settings.threads or 1
+        cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        task = {"num_cpus": min(threads, cpus), "max_retries": 0}
+        yield f"measuring the original (Ray: {cpus} CPUs, {task['num_cpus']} per task)"
+        # three returns: the configurations wait for the figures only, not for the file's bytes
+        original_refs = ray.remote(_ray_original).options(num_returns=3, **task).remote(
+            model, batch.inputs[0], (out / "models").resolve(), str(out / "models"), settings, home)
+        evaluate = ray.remote(_ray_config).options(**task)
+        for i, config in enumerate(configs, 1):
+            folder = _folder(out, i, config)
+            ref = evaluate.remote(model, batch_ref, config, settings, folder.resolve(), str(folder), source.name,
+                                  original_refs[0], home)
+            pending[ref] = i
+        files, where = _ray_get(ray, original_refs[1]), _ray_get(ray, original_refs[2])
+        _write_back(out / "models", files)
+        machines = [where]
+        rows: list = [None] * len(configs)
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            for ref in done:
+                i = pending.pop(ref)
+                row, files, where = _ray_get(ray, ref)
+                config = configs[i - 1]
+                _write_back(_folder(out, i, config), files)
+                rows[i - 1] = row
+                if where not in machines:
+                    machines.append(where)
+                yield f"config {i}/{len(configs)} done: {config.label()}"
+        yield {"rows": rows, **fronts(rows), "skipped": list(getattr(configs, "skipped", [])),
+               "model": loaded.display_name, "source": source.name, "images": len(batch.inputs),
+               "settings": settings.to_dict(), "machine": machine(),
+               "ray": {"address": address or ("local" if started else "already running"), "cpus": cpus, "machines": machines}}
+    finally:
+        for ref in pending:  # closed early, or a task failed: the rest are not wanted
+            try:
+                ray.cancel(ref, force=True)
+            except Exception:  # already finished, or gone with its worker
+                pass
+        if started:
+            ray.shutdown()
 
 
 # -- the plot (PIL only: no plotting library to import) --------------------------------------------

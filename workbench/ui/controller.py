@@ -17,7 +17,7 @@ from ..core.config import DEFAULT_MODEL, MeasureSettings, OptimizationConfig
 FOLDER_LIMIT = 500  # images of a folder the window evaluates (compare --limit)
 RECOVER_SECONDS = 60.0
 log = logging.getLogger(__name__)
-LONG_JOBS = ("load", "optimize", "evaluate", "read", "sensitivity", "recover")
+LONG_JOBS = ("load", "optimize", "evaluate", "read", "sensitivity", "recover", "sweep", "budget", "export")
 
 
 class Controller(QObject):
@@ -33,9 +33,11 @@ class Controller(QObject):
     evaluation_started = Signal(bool)  # labelled
     evaluated = Signal(object)  # EvalProgress
     report_ready = Signal(dict)  # the compare --json report of the current configuration
+    differences_ready = Signal(list, int)  # the frames whose top-1 changed (core.session.differences), of how many
     sensitivity_ready = Signal(dict)  # {"probe": str, "layers": {...}}
     shown = Signal(object)  # the OptimizationConfig whose result the optimized pane now shows
     live_changed = Signal(bool)  # live mode started / stopped
+    reference_changed = Signal(object)  # the left pane's model: an OptimizedModel, or None for the original
 
     def __init__(self, settings: MeasureSettings | None = None, parent=None):
         from .runner import Runner
@@ -54,6 +56,8 @@ class Controller(QObject):
         self.shown_config: OptimizationConfig | None = None
         self.index = 0
         self._report: dict | None = None
+        self.tried: dict[OptimizationConfig, dict] = {}  # the compare report of every configuration evaluated
+        self.reference = None  # OptimizedModel the left pane runs instead of the original (images only)
         self.live = None  # LiveSession while a camera or video plays
         self._evaluation = None
         self._reading = False
@@ -104,6 +108,8 @@ class Controller(QObject):
         _remove_work_folder(self.ws)
         self.ws, self.current, self.measured_result, self.original_figures = ws, None, None, None
         self.shown_config, self._report, self.index, self.notice = None, None, 0, ""
+        self.tried, self.reference = {}, None
+        self.reference_changed.emit(None)
         log.info("loaded %s (%s) on %s", ws.loaded.display_name, ws.loaded.weights, ws.source.name)
         self.loaded.emit(ws)
         self.status.emit(f"{ws.loaded.display_name} on {ws.source.name}", False)
@@ -146,8 +152,29 @@ class Controller(QObject):
         if self.ws is None or self.live is not None:
             return
         optimized = self.current.model if self.current else None
-        self.runner.submit("infer", _infer_job, self.ws, self.index, optimized, on_result=self._on_inferred,
+        reference = self.reference.model if self.reference else None
+        self.runner.submit("infer", _infer_job, self.ws, self.index, optimized, reference,
+                           on_result=self._on_inferred, on_error=self._on_error)
+
+    def set_reference(self, config: OptimizationConfig | None) -> None:
+        """Show ``config``'s model in the left pane instead of the original (None or the
+        identity: the original again). Images only; the plots keep comparing with the original."""
+        from ..core.session import optimize_job
+
+        if self.ws is None or self.ws.is_stream:
+            return
+        if config is None or config.is_identity:
+            self.runner.cancel("reference")
+            self._on_reference(None)
+            return
+        self.runner.submit("reference", optimize_job, self.ws, config, self.settings, on_result=self._on_reference,
+                           on_progress=lambda s: self.progress.emit(s) if isinstance(s, str) else None,
                            on_error=self._on_error)
+
+    def _on_reference(self, opt) -> None:
+        self.reference = opt
+        self.reference_changed.emit(opt)
+        self.infer()
 
     def _on_inferred(self, p) -> None:
         if self.ws is None or p.index != self.index:
@@ -295,6 +322,10 @@ class Controller(QObject):
             from ..core.session import workspace_report
 
             self._report = workspace_report(self.ws, self.original_figures, self.measured_result, p, self.settings)
+            self.tried[self.measured_result.optimized.config] = self._report
+            from ..core.session import differences
+
+            self.differences_ready.emit(differences(self.ws, p.final), p.total)
             self.report_ready.emit(self._report)
             self._say(f"evaluated {p.done} images: agreement {p.agreement:.1%}"
                       + (f", top-1 {p.top1('original'):.1%} → {p.top1('optimized'):.1%}" if p.labelled else ""))
@@ -350,7 +381,7 @@ def _first_load(load_workspace, *args):
     yield from load_workspace(*args)
 
 
-def _infer_job(ws, index: int, optimized):
+def _infer_job(ws, index: int, optimized, reference=None):
     from ..core.session import predict_frame
 
-    return predict_frame(ws, index, optimized)
+    return predict_frame(ws, index, optimized, reference)

@@ -11,6 +11,7 @@ from PySide6.QtCore import QEvent, QObject, Qt, QUrl
 from PySide6.QtGui import QAction, QDesktopServices, QKeySequence
 from PySide6.QtWidgets import QAbstractSlider, QDialog, QFileDialog, QTextBrowser, QVBoxLayout
 
+from .explore import last_session_path
 from .plots import EXPORT_FORMATS, add_export_menu, export_plot
 
 
@@ -61,18 +62,48 @@ def build_menus(window) -> dict[str, QAction]:
         add_export_menu(widget, lambda w, s: save_plot(window, w, s))
     file.addAction(window.show_controls.snapshot_action)
     file.addSeparator()
+    ex = window.explorer
+    for a in (
+        _action(window, "openSessionAction", "Open s&ession…", ex.open_session, None,
+                "Load a saved session: its model, source, and every configuration tried with its figures"),
+        _action(window, "saveSessionAction", "Save session…", ex.save_session, "Ctrl+Shift+S",
+                "Save the model, the source and every configuration tried (with its report) to a JSON file"),
+        _action(window, "restoreSessionAction", "Restore last session", lambda: ex.open_session(
+            str(last_session_path())), None, "The session as it was when the window last closed"),
+    ):
+        file.addAction(a)
+    file.addSeparator()
     reset = _action(window, "resetAction", "&Reset to defaults", window.memory.reset, None,
                     "Forget the remembered model, source, controls and window layout")
     quit_ = _action(window, "quitAction", "&Quit", window.close, "Ctrl+Q")
     file.addAction(reset)
     file.addAction(quit_)
 
+    tools = bar.addMenu("&Tools")
+    for a in (
+        _action(window, "sweepAction", "&Sweep…", ex.sweep, None,
+                "Measure every combination of 0/25/50 % sparsity and 32/8/4 bits like compare; writes "
+                "results.csv, results.json and pareto.png, and draws them on the trade-off plot"),
+        _action(window, "budgetLatencyAction", "Most accurate under a &latency…", lambda: ex.budget("ms"), None,
+                "Search the methods, sparsities, bit widths and runtimes for the most accurate configuration "
+                "whose median latency fits (a few measured evaluations)"),
+        _action(window, "budgetSizeAction", "Most accurate under a file si&ze…", lambda: ex.budget("mb"), None,
+                "The same search for a file-size budget"),
+        _action(window, "exportAction", "&Export optimized model…", ex.export, "Ctrl+E",
+                "Write the current configuration's model as ONNX and TorchScript, its packed file and an "
+                "HTML report with the plots"),
+    ):
+        tools.addAction(a)
+
     view = bar.addMenu("&View")
     play = _action(window, "playAction", "&Play / pause", window.play_button.toggle, "Space",
                    "Step through the images (or pause the video or camera)")
     prev = _action(window, "previousAction", "P&revious image", lambda: c.show_frame(c.index - 1), "Left")
     nxt = _action(window, "nextAction", "&Next image", lambda: c.show_frame(c.index + 1), "Right")
-    for a in (play, prev, nxt, window.show_controls.demo_action):
+    left = _action(window, "originalLeftAction", "&Original in the left pane", lambda: c.set_reference(None), None,
+                   "Compare with the original again (shift+click a trade-off point to put another configuration "
+                   "in the left pane)")
+    for a in (play, prev, nxt, window.show_controls.demo_action, left):
         view.addAction(a)
 
     help_ = bar.addMenu("&Help")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pyqtgraph as pg
-from PySide6.QtCore import QObject, QTimer, Signal
+from PySide6.QtCore import QObject, Qt, QTimer, Signal
 from PySide6.QtGui import QPalette
 
 from ..core.config import OptimizationConfig
@@ -66,6 +66,7 @@ class Plots(QObject):
     """Owns the PlotWidgets; data arrive in ring buffers and are drawn at 10 Hz."""
 
     point_clicked = Signal(object)  # OptimizationConfig
+    point_shift_clicked = Signal(object)  # OptimizationConfig to show in the left pane
 
     def __init__(self, parent=None, window: int = 200):
         super().__init__(parent)
@@ -73,7 +74,8 @@ class Plots(QObject):
         self.memory = _plot("memoryPlot", "Model file size", "MB", "")
         self.rss = _plot("rssPlot", "Process memory", "MB", "s")
         self.accuracy = _plot("accuracyPlot", "Accuracy", "top-1", "images evaluated")
-        self.tradeoff = _plot("tradeoffPlot", "Trade-off (click a point)", "top-1", "latency (ms)")
+        self.tradeoff = _plot("tradeoffPlot", "Trade-off (click: show it; shift+click: on the left)", "top-1",
+                              "latency (ms)")
         self.lat = {k: deque(maxlen=window) for k in ("original", "optimized")}
         self.frame_no = deque(maxlen=window)
         self.rss_t: deque[float] = deque(maxlen=600)
@@ -108,6 +110,8 @@ class Plots(QObject):
         self.scatter = pg.ScatterPlotItem(hoverable=True)
         self.scatter.sigClicked.connect(self._on_points_clicked)
         self.tradeoff.addItem(self.scatter)
+        self.front_curve = self.tradeoff.plot(pen=pg.mkPen(OPTIMIZED, width=1.5, style=Qt.PenStyle.DashLine),
+                                              name="Pareto front")  # most accurate for its latency
         self.timer = QTimer(self)
         self.timer.setInterval(100)
         self.timer.timeout.connect(self.redraw)
@@ -218,12 +222,26 @@ class Plots(QObject):
                 "data": i,
             })
         self.scatter.setData(spots)
+        self.front_curve.setData(*self.front())
 
-    def _on_points_clicked(self, _item, points, *_):
+    def front(self) -> tuple[list[float], list[float]]:
+        """The Pareto front of the scored points (best accuracy for a given latency) as a step line."""
+        from ..core.pareto import pareto_front
+
+        scored = [{"latency_ms": p.latency_ms, "score": p.score} for p in self.points if p.score is not None]
+        on = sorted((scored[i]["latency_ms"], scored[i]["score"]) for i in pareto_front(scored, "latency_ms", "score"))
+        xs, ys = [], []
+        for k, (x, y) in enumerate(on):  # flat until the next (slower, more accurate) point
+            xs += [x, on[k + 1][0]] if k + 1 < len(on) else [x]
+            ys += [y, y] if k + 1 < len(on) else [y]
+        return xs, ys
+
+    def _on_points_clicked(self, _item, points, event=None):
         if len(points):
             i = points[0].data()
             if 0 <= i < len(self.points):
-                self.point_clicked.emit(self.points[i].config)
+                shift = event is not None and bool(event.modifiers() & Qt.KeyboardModifier.ShiftModifier)
+                (self.point_shift_clicked if shift else self.point_clicked).emit(self.points[i].config)
 
 
 EXPORT_FORMATS = {".png": "PNG image", ".svg": "SVG drawing", ".csv": "CSV table"}

@@ -30,6 +30,8 @@ from ..core.config import DEFAULT_MODEL, OptimizationConfig
 from .config_panel import ConfigPanel
 from .controller import Controller
 from .demo import ShowControls
+from .differences import DifferencesView
+from .explore import Explorer, last_session_path
 from .icon import app_icon
 from .layers import LayersView
 from .live_view import LiveDisplay
@@ -83,6 +85,7 @@ class MainWindow(QMainWindow):
         self._rss.timeout.connect(self._on_rss_tick)
         self._rss.start()
         self._wire()
+        self.explorer = Explorer(self)
         self.actions_by_name = build_menus(self)
         self.memory.restore(same_model=(model or DEFAULT_MODEL) == self.memory.settings.value("model", DEFAULT_MODEL))
         self.follow_palette()
@@ -164,6 +167,8 @@ class MainWindow(QMainWindow):
         self.right_tabs = QTabWidget(objectName="rightTabs")
         self.right_tabs.addTab(plots, "Plots")
         self.right_tabs.addTab(self.layers, "Layers")
+        self.differences = DifferencesView()
+        self.right_tabs.addTab(self.differences, "Where they differ")
         self.splitter = split = QSplitter(Qt.Orientation.Horizontal)
         split.addWidget(left)
         split.addWidget(self.right_tabs)
@@ -209,6 +214,9 @@ class MainWindow(QMainWindow):
         self.layers.measure_requested.connect(c.measure_sensitivity)
         self.layers.recover_requested.connect(c.recover)
         self.plots.point_clicked.connect(self.set_config)
+        self.plots.point_shift_clicked.connect(c.set_reference)
+        c.reference_changed.connect(lambda opt: self.original_pane.setTitle(
+            "Original" if opt is None else f"Left: {opt.config.label()}  (shift+click the original to go back)"))
         self.cancel_button.clicked.connect(c.cancel)
         self.camera_size.activated.connect(lambda _: self._on_source_picked(self.source_picker.currentIndex()))
         self.reopen_button.clicked.connect(lambda: (self.reopen_button.hide(), c.reopen()))
@@ -224,6 +232,8 @@ class MainWindow(QMainWindow):
         c.evaluation_started.connect(lambda labelled: [self.plots.reset_accuracy(k, labelled)
                                                        for k in ("original", "optimized")])
         c.evaluated.connect(self._on_evaluated)
+        c.differences_ready.connect(lambda rows, n: self.differences.show_rows(rows, n, c.ws.loaded.classes))
+        self.differences.frame_clicked.connect(c.show_frame)
         c.sensitivity_ready.connect(lambda r: self.layers.show_sensitivity(r["layers"], r["probe"]))
         c.live_changed.connect(self._on_live_changed)
         c.shown.connect(self.shown)
@@ -456,6 +466,8 @@ class MainWindow(QMainWindow):
 
     def closeEvent(self, event):  # noqa: N802
         self.memory.save()
+        if self.controller.tried:
+            self.explorer.save_session(str(last_session_path()))
         self.show_controls.stop_recording()
         self._play.stop()
         self._rss.stop()

@@ -1,0 +1,176 @@
+"""Exploration from the window: sweeps, budgets, export and sessions land on the trade-off
+plot, with its Pareto front; a saved session reloads to the same points."""
+
+import csv
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+from workbench.core.config import ConfigError, OptimizationConfig
+from workbench.core.sessions import load_session, save_session
+from workbench.ui import build_window
+from workbench.ui.plots import Plots, TradeoffPoint
+
+LONG = 300_000
+GLOBAL = "unstructured-global"  # fast: no pruning database to prepare
+
+
+def test_the_trade_off_plot_draws_the_pareto_front(qtbot):
+    plots = Plots()
+    for ms, score in ((10, 0.80), (20, 0.90), (15, 0.70), (30, 0.85), (5, None)):
+        plots.add_point(TradeoffPoint(OptimizationConfig(sparsity=ms / 100), ms, 1000, score))
+    assert plots.front() == ([10, 20, 20], [0.80, 0.80, 0.90])  # 15 ms and 30 ms are dominated, 5 ms unscored
+    plots.redraw()
+    xs, ys = plots.front_curve.getData()
+    assert list(xs) == [10, 20, 20]
+
+
+def test_a_session_file_is_checked_when_it_is_read(tmp_path):
+    path = save_session(tmp_path / "s.json", "efficientnet_lite0", None, OptimizationConfig(bits=8), [])
+    assert load_session(path)["current"] == OptimizationConfig(bits=8)
+    data = json.loads(path.read_text())
+    data["current"]["sparsity"] = 3.0
+    path.write_text(json.dumps(data))
+    with pytest.raises(ConfigError, match="sparsity must be between 0 and 0.95"):
+        load_session(path)
+    path.write_text('{"model": "x"}')
+    with pytest.raises(ConfigError, match="not a Workbench session"):
+        load_session(path)
+
+
+def _labelled(tmp_path, n=4):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i, wnid in enumerate(("n01440764", "n01443537", "n01484850", "n01491361")[:n]):
+        cv2.imwrite(str(folder / f"{wnid}_{i}.png"), rng.integers(0, 255, (80, 80, 3), dtype=np.uint8))
+    return folder
+
+
+@pytest.fixture
+def window(qtbot, tmp_path):
+    w = build_window(source=str(_labelled(tmp_path)))
+    qtbot.addWidget(w)
+    w.show()
+    qtbot.waitUntil(lambda: w.report() is not None, timeout=LONG)
+    yield w
+    w.close()
+
+
+@pytest.mark.gui
+def test_sweep_budget_and_export_from_the_window(qtbot, window, tmp_path, monkeypatch):
+    from workbench.ui import explore
+
+    w = window
+    monkeypatch.setattr(explore, "SWEEP_SPARSITY", (0.0, 0.3))
+    monkeypatch.setattr(explore, "SWEEP_BITS", (32, 8))
+    w.set_config(OptimizationConfig(prune_method=GLOBAL))
+    qtbot.waitUntil(lambda: w.controller.config.prune_method == GLOBAL, timeout=LONG)
+    w.explorer.sweep(str(tmp_path / "sweep"))
+    qtbot.waitUntil(lambda: "sweep of 4 configurations" in w.status_text.text(), timeout=LONG)
+    with open(tmp_path / "sweep" / "results.csv", newline="") as f:
+        assert len(list(csv.DictReader(f))) == 4
+    configs = {p.config for p in w.plots.points if p.score is not None}
+    assert OptimizationConfig(sparsity=0.3, bits=8, prune_method=GLOBAL) in configs
+    assert len(w.plots.front()[0]) >= 1
+
+    w.explorer.budget("mb", 10.0, str(tmp_path / "budget"))  # int8 (5.2 MB) fits, the original does not
+    qtbot.waitUntil(lambda: "within <= 10 MB" in w.status_text.text(), timeout=LONG)
+    assert w.panel.config().bits == 8
+    assert (tmp_path / "budget" / "results.json").is_file()
+
+    w.explorer.export(str(tmp_path / "export"))
+    qtbot.waitUntil(lambda: "exported 8-bit" in w.status_text.text(), timeout=LONG)
+    assert {"model.onnx", "model.ts", "report.html"} <= {p.name for p in (tmp_path / "export").iterdir()}
+
+
+@pytest.mark.gui
+def test_a_saved_session_reloads_to_the_same_points(qtbot, window, tmp_path):
+    w = window
+    earlier, target = OptimizationConfig(bits=8), OptimizationConfig(sparsity=0.3, prune_method=GLOBAL)
+    for config in (earlier, target):
+        w.set_config(config)
+        qtbot.waitUntil(lambda config=config: w.report() is not None
+                        and (w.report()["config"]["sparsity"], w.report()["config"]["bits"])
+                        == (config.sparsity, config.bits), timeout=LONG)
+    path = w.explorer.save_session(str(tmp_path / "session.json"))
+    # the reloaded window measures its current configuration (and the original) again: compare the other one
+    saved = {(p.config, p.latency_ms, p.size_bytes, p.score) for p in w.plots.points if p.config == earlier}
+    assert len(saved) == 1
+
+    other = build_window()
+    qtbot.addWidget(other)
+    other.show()
+    qtbot.waitUntil(lambda: other.controller.ws is not None, timeout=LONG)
+    assert other.explorer.open_session(str(path))
+    qtbot.waitUntil(lambda: other.panel.config() == target and other.controller.ws is not None
+                    and str(other.controller.source_spec) == str(w.controller.source_spec), timeout=LONG)
+    qtbot.waitUntil(lambda: saved <= {(p.config, p.latency_ms, p.size_bytes, p.score) for p in other.plots.points},
+                    timeout=LONG)
+    bad = tmp_path / "bad.json"
+    bad.write_text("{}")
+    assert not other.explorer.open_session(str(bad)) and "not a Workbench session" in other.status_text.text()
+    other.close()
+
+
+def test_differences_list_the_changed_frames_most_confident_first():
+    from types import SimpleNamespace
+
+    import torch
+
+    from workbench.core.measure import Predictions
+    from workbench.core.session import differences
+    from workbench.core.sources import Frame
+
+    frames = [Frame(np.zeros((2, 2, 3), np.uint8), f"/x/img{i}.png", label=i % 3) for i in range(4)]
+    ref = torch.tensor([[0.8, 0.1, 0.1], [0.1, 0.8, 0.1], [0.6, 0.3, 0.1], [0.2, 0.2, 0.6]])
+    new = torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.2, 0.7], [0.4, 0.5, 0.1], [0.2, 0.2, 0.6]])
+    rows = differences(SimpleNamespace(frames=frames), (Predictions(ref), Predictions(new)))
+    assert [r["index"] for r in rows] == [1, 2]  # frame 1 lost 0.6 of its class, frame 2 lost 0.2
+    assert rows[0]["name"] == "img1.png" and rows[0]["original"] == 1 and rows[0]["optimized"] == 2
+    assert rows[0]["shift"] == pytest.approx(-0.6) and rows[1]["shift"] == pytest.approx(-0.2)
+
+
+@pytest.mark.gui
+def test_where_they_differ_shows_a_changed_image_in_both_panes(qtbot, window):
+    w = window
+    w.set_config(OptimizationConfig(bits=3))  # 3-bit weights change some of four random images
+    qtbot.waitUntil(lambda: w.report() is not None and w.report()["config"]["bits"] == 3, timeout=LONG)
+    qtbot.waitUntil(lambda: "of 4 images" in w.differences.summary.text(), timeout=LONG)
+    report = w.report()["optimized"]
+    assert len(w.differences.rows) == round((1 - report["agreement"]) * 4)
+    if w.differences.rows:
+        target = w.differences.rows[0]["index"]
+        w.differences.table.cellClicked.emit(0, 0)
+        qtbot.waitUntil(lambda: w.controller.index == target)
+
+
+def test_the_running_interval_contains_the_final_top1(imagenet_sample):
+    from workbench.core.config import MeasureSettings
+    from workbench.core.session import evaluate_steps, load_workspace
+    from workbench.core.stats import wilson_interval
+
+    ws = None
+    for step in load_workspace("efficientnet_lite0", str(imagenet_sample), MeasureSettings(), limit=120, first=120):
+        ws = step if not isinstance(step, str) else ws
+    steps = list(evaluate_steps(ws, ws.loaded.model))
+    final = steps[-1].top1("original")
+    for p in steps[19::20]:  # after the first 20 images, then every 20
+        lo, hi = wilson_interval(p.original_hits, p.labelled)
+        assert lo <= final <= hi, (p.done, lo, hi, final)
+
+
+@pytest.mark.gui
+def test_any_two_configurations_side_by_side(qtbot, window):
+    w = window
+    left, right = OptimizationConfig(bits=8), OptimizationConfig(bits=4)
+    w.set_config(right)
+    qtbot.waitUntil(lambda: w.shown_config == right, timeout=LONG)
+    w.plots.point_shift_clicked.emit(left)  # shift+click on the trade-off plot
+    qtbot.waitUntil(lambda: w.original_pane.title().startswith("Left: 8-bit"), timeout=LONG)
+    assert w.controller.reference.config == left and w.controller.current.config == right
+    qtbot.waitUntil(lambda: w.original_pane.top1.text() not in ("", "…", "loading model…"), timeout=LONG)
+    w.actions_by_name["originalLeftAction"].trigger()
+    assert w.original_pane.title() == "Original" and w.controller.reference is None

@@ -1,0 +1,48 @@
+"""A session on disk: the model, the source, the configuration shown and every configuration
+tried with its ``compare`` report, as one JSON file written whole or not at all."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .config import ConfigError, OptimizationConfig, read_config_block
+from .files import atomic_path
+
+SESSION_VERSION = 1
+
+
+def save_session(path: str | Path, model: str, source: str | None, current: OptimizationConfig,
+                 reports: list[dict]) -> Path:
+    path = Path(path)
+    data = {"workbench_session": SESSION_VERSION, "model": model, "source": source,
+            "current": current.to_dict(), "tried": reports}
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=1, default=str), encoding="utf-8")
+    return path
+
+
+def load_session(path: str | Path) -> dict:
+    """``{"model", "source", "current": OptimizationConfig, "tried": [(OptimizationConfig, report)]}``;
+    raises ConfigError saying what is wrong (not a session, a newer version, out-of-range values)."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read session {path}: {exc.strerror or exc}") from exc
+    except ValueError as exc:
+        raise ConfigError(f"session {path} is not JSON: {exc}") from exc
+    if not isinstance(data, dict) or "workbench_session" not in data:
+        raise ConfigError(f"{path} is not a Workbench session")
+    if data["workbench_session"] != SESSION_VERSION:
+        raise ConfigError(f"session version {data['workbench_session']!r} is not {SESSION_VERSION}")
+    if not isinstance(data.get("model"), str) or not isinstance(data.get("source"), (str, type(None))):
+        raise ConfigError("a session needs a model name or file and a source (or null for the sample photos)")
+    if not isinstance(data.get("current"), dict) or not isinstance(data.get("tried"), list):
+        raise ConfigError("a session needs 'current' (a configuration) and 'tried' (a list of reports)")
+    current = OptimizationConfig.from_dict(data["current"])
+    tried = []
+    for report in data["tried"]:
+        if not isinstance(report, dict) or not isinstance(report.get("config"), dict):
+            raise ConfigError("each tried configuration must be a compare report with a 'config' block")
+        tried.append((read_config_block(report["config"])[0], report))
+    return {"model": data["model"], "source": data["source"], "current": current, "tried": tried}
