@@ -1,6 +1,5 @@
 """Sweeps, Pareto fronts, budget search and export (the real default model on a few generated images)."""
 
-import argparse
 import csv
 import json
 
@@ -9,7 +8,7 @@ import pytest
 import torch
 from conftest import write_images
 
-from workbench import explore_cli
+from workbench.cli import main as run_cli  # sweep and export as the command line runs them
 from workbench.core.config import OptimizationConfig
 from workbench.core.pareto import pareto_front
 from workbench.core.sweep import COLUMNS, Candidate, budget_search, sweep_configs
@@ -17,13 +16,6 @@ from workbench.core.sweep import COLUMNS, Candidate, budget_search, sweep_config
 NAMES = ["n01440764_a.png", "n01443537_b.png", "n01484850_c.png", "n01491361_d.png"]
 
 
-def run_cli(argv: list[str]) -> int:
-    """Our subcommands on a plain argparse parser, as cli.main() will wire them."""
-    parser = argparse.ArgumentParser(prog="workbench")
-    explore_cli.add_parsers(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(argv)
-    args.argv = argv
-    return explore_cli.run(args)
 
 
 @pytest.fixture

@@ -1,13 +1,12 @@
 """A sweep's configurations as Ray tasks (the optional extra: pip install .[ray]), on a local Ray."""
 
-import argparse
 import csv
 import json
 
 import pytest
 from conftest import write_images
 
-from workbench import explore_cli
+from workbench.cli import main as run_cli  # sweep and export as the command line runs them
 from workbench.core import sweep
 from workbench.core.config import MeasureSettings
 
@@ -18,12 +17,6 @@ SAME = ("label", "sparsity", "bits", "prune_method", "quant_scheme", "runtime", 
         "size_bytes", "macs", "kernels", "simulated")  # all of results.csv but the latency
 
 
-def run_cli(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="workbench")
-    explore_cli.add_parsers(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(argv)
-    args.argv = argv
-    return explore_cli.run(args)
 
 
 def read_rows(folder) -> list[dict]:

@@ -215,12 +215,16 @@ def read_config_block(d: dict) -> tuple[OptimizationConfig, MeasureSettings]:
         raise ConfigError(f"bad config: {exc}") from exc
 
 
+def read_json(path: str | Path, what: str = "config file"):
+    """The JSON in ``path``; ConfigError saying why it cannot be read."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what} {path}: {exc.strerror or exc}") from exc
+    except ValueError as exc:
+        raise ConfigError(f"{what} {path} is not JSON: {exc}") from exc
+
+
 def load_config_file(path: str | Path) -> tuple[OptimizationConfig, MeasureSettings]:
     """A config block, or a whole report of ``compare --json``, from a JSON file."""
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from exc
-    except ValueError as exc:
-        raise ConfigError(f"config file {path} is not JSON: {exc}") from exc
-    return read_config_block(data)
+    return read_config_block(read_json(path))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .config import ConfigError, OptimizationConfig, read_config_block
+from .config import ConfigError, OptimizationConfig, read_config_block, read_json
 from .files import atomic_path
 
 SESSION_VERSION = 1
@@ -25,12 +25,7 @@ def save_session(path: str | Path, model: str, source: str | None, current: Opti
 def load_session(path: str | Path) -> dict:
     """``{"model", "source", "current": OptimizationConfig, "tried": [(OptimizationConfig, report)]}``;
     raises ConfigError saying what is wrong (not a session, a newer version, out-of-range values)."""
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"cannot read session {path}: {exc.strerror or exc}") from exc
-    except ValueError as exc:
-        raise ConfigError(f"session {path} is not JSON: {exc}") from exc
+    data = read_json(path, "session")
     if not isinstance(data, dict) or "workbench_session" not in data:
         raise ConfigError(f"{path} is not a Workbench session")
     if data["workbench_session"] != SESSION_VERSION:
