@@ -84,6 +84,8 @@ def test_sweep_budget_and_export_from_the_window(qtbot, window, tmp_path, monkey
     w.explorer.export(str(tmp_path / "export"))
     qtbot.waitUntil(lambda: "exported 8-bit" in w.status_text.text(), timeout=LONG)
     assert {"model.onnx", "model.ts", "report.html"} <= {p.name for p in (tmp_path / "export").iterdir()}
+    page = (tmp_path / "export" / "report.html").read_text()
+    assert "Configurations tried" in page and "30% unstructured-global, 8-bit W+A" in page  # from the sweep
 
 
 @pytest.mark.gui
@@ -169,3 +171,25 @@ def test_the_running_interval_contains_the_final_top1(imagenet_sample, monkeypat
             if not lo <= final <= hi:
                 misses.append((seed, p.done, round(lo, 3), round(hi, 3), round(final, 3)))
     assert checks == 20 and len(misses) <= 3, misses
+
+
+@pytest.mark.gui
+def test_a_cancelled_evaluation_stops_within_one_image(qtbot, tmp_path):
+    folder = tmp_path / "many"
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(40):
+        cv2.imwrite(str(folder / f"n01440764_{i}.png"), rng.integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    w = build_window(source=str(folder))
+    qtbot.addWidget(w)
+    w.show()
+    qtbot.waitUntil(lambda: w.report() is not None, timeout=LONG)
+    seen = []
+    w.controller.evaluated.connect(lambda p: seen.append(p.done))
+    w.set_config(OptimizationConfig(bits=8))
+    qtbot.waitUntil(lambda: len(seen) >= 1, timeout=LONG)
+    w.controller.cancel()
+    at_cancel = seen[-1]
+    qtbot.wait(3000)
+    assert seen[-1] <= at_cancel + 1 and seen[-1] < 40 and w.report() is None
+    w.close()

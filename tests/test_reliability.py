@@ -428,3 +428,26 @@ def test_short_soak_live_window_memory_threads_files_steady(tmp_path):
         time.sleep(0.2)
     assert not python_threads() - threads_before
     assert process_resources()["open_files"] <= samples[1]["open_files"]  # (ONNX Runtime keeps a cache db open)
+
+
+@pytest.mark.gui
+def test_window_skips_an_image_too_large_to_decode_and_says_why(qtbot, tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    _png_header_only(folder / "bomb.png", 30000, 30000)
+    cv2.imwrite(str(folder / "ok.png"), np.full((32, 32, 3), 90, np.uint8))
+    w = _open(qtbot, source=str(folder))
+    qtbot.waitUntil(lambda: "skipped 1 unreadable file(s): bomb.png" in _status(w), timeout=LONG)
+    assert len(w.controller.ws.frames) == 1
+    w.close()
+
+
+@pytest.mark.gui
+def test_window_says_a_camera_cannot_be_opened_and_keeps_what_it_had(qtbot):
+    w = _open(qtbot)
+    qtbot.waitUntil(lambda: w.controller.ws is not None, timeout=LONG)
+    before = w.controller.ws
+    w.controller.open_source("camera:7")
+    qtbot.waitUntil(lambda: "camera 7 cannot be opened" in _status(w), timeout=LONG)
+    assert w.controller.ws is before and w.reopen_button.isVisible()
+    w.close()

@@ -21,7 +21,7 @@ from .measure import predict
 from .models import LoadedModel
 from .optimize import CudaModel, OptimizedModel, relay
 from .pareto import accuracy_key
-from .sweep import plot_front, png_bytes, prepare_steps, write_text
+from .sweep import COLUMNS, plot_front, png_bytes, prepare_steps, row_of, write_text
 
 CHECK_IMAGES = 8  # the exported files are checked against the optimized model on this many images
 
@@ -89,12 +89,14 @@ def export_check(opt: OptimizedModel, files: dict[str, Path], inputs: Sequence[t
 
 def export_steps(model_spec: str | LoadedModel, images, config: OptimizationConfig,
                  settings: MeasureSettings | None = None, limit: int | None = None,
-                 out_dir: Path | str = "export") -> Iterator[str | dict]:
+                 out_dir: Path | str = "export", tried: Sequence[tuple[OptimizationConfig, dict]] = ()
+                 ) -> Iterator[str | dict]:
     """Optimize as ``compare`` does (calibrated on the first ``settings.calibration_images``
     images), then write to ``out_dir``: model.onnx, model.ts, the shipped file behind the size
     figure (``optimized.pt`` / ``.wbpack`` / ``.onnx``, beside ``original.pt`` as in
     ``compare --out``), report.json (the compare report, with ``export`` and ``export_check``)
-    and report.html. Yields progress, then the report."""
+    and report.html. ``tried``: (configuration, report) pairs measured before (the window's), listed
+    in the report's table and plot. Yields progress, then the report."""
     settings = settings or MeasureSettings()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -115,6 +117,7 @@ def export_steps(model_spec: str | LoadedModel, images, config: OptimizationConf
                         "shipped": {"file": Path(report["optimized"]["file"]).name,
                                     "format": report["optimized"]["file_format"],
                                     "size_bytes": report["optimized"]["size_bytes"]}}
+    report["tried"] = [{k: v for k, v in row_of(c, r).items() if k in COLUMNS} for c, r in tried]
     write_text(out / "report.json", json.dumps(report, indent=1, default=str))
     write_text(out / "report.html", report_html(report))
     yield report
@@ -146,8 +149,12 @@ def report_html(report: dict) -> str:
              f"{q['params']:,} ({q['nonzero_params']:,})"),
             ("MACs", f"{o['macs'] or 0:,}", f"{q['macs'] or 0:,}"),
             ("kernels", "fp32", q["kernels"] + (" [simulated]" if q["simulated"] else ""))]
+    tried = report.get("tried") or []
     points = _points(report)
-    plot = plot_front(points, "latency_ms", accuracy_key(points), title="original and optimized", size=(720, 420))
+    plot = plot_front(tried + points, "latency_ms", accuracy_key(points),
+                      title="every configuration tried" if tried else "original and optimized", size=(720, 420))
+    table = "".join(f"<tr><td>{html.escape(r['label'])}</td><td>{pct(r['top1'])}</td><td>{pct(r['agreement'])}</td>"
+                    f"<td>{r['latency_ms']:.1f}</td><td>{r['size_bytes'] / 1e6:.2f}</td></tr>" for r in tried)
     uri = "data:image/png;base64," + base64.b64encode(png_bytes(plot)).decode()
     e = html.escape
     config = "".join(f"<tr><th>{e(str(k))}</th><td>{e(json.dumps(v))}</td></tr>" for k, v in report["config"].items())
@@ -168,6 +175,8 @@ th,td{{border:1px solid #ccc;padding:.3em .6em;text-align:left}}</style></head><
 {e(str(report['machine'].get('cpu', '')))}. What ran: {e(q['description'])}.</p>
 <h2>Figures</h2><table><tr><th></th><th>original</th><th>optimized</th></tr>{figures}</table>
 <img alt="accuracy against latency" src="{uri}">
+<h2>Configurations tried</h2><table><tr><th>configuration</th><th>top-1</th><th>agreement</th>
+<th>latency (ms)</th><th>file (MB)</th></tr>{table}</table>
 <h2>Files</h2><ul>{exported}</ul><h2>Export check</h2><ul>{checks}</ul>
 <h2>Notes</h2><ul>{notes}</ul>
 <h2>Configuration</h2><table>{config}</table>

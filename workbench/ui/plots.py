@@ -76,6 +76,9 @@ class Plots(QObject):
         self.accuracy = _plot("accuracyPlot", "Accuracy", "top-1", "images evaluated")
         self.tradeoff = _plot("tradeoffPlot", "Trade-off (click: show it; shift+click: on the left)", "top-1",
                               "latency (ms)")
+        self.tradeoff.setToolTip("Each configuration tried at its latency and accuracy; the point's size is its "
+                                 "file size. Dashed line: the most accurate for its latency (Pareto front); green "
+                                 "ring: the most accurate for its file size")
         self.lat = {k: deque(maxlen=window) for k in ("original", "optimized")}
         self.frame_no = deque(maxlen=window)
         self.rss_t: deque[float] = deque(maxlen=600)
@@ -205,8 +208,13 @@ class Plots(QObject):
                 hi.setData(a[:, 0], a[:, 3])
             else:
                 self.acc_curves[key].setData([], [])
+        from ..core.pareto import pareto_front
+
         spots = []
         biggest = max([p.size_bytes for p in self.points] + [1])
+        scored = [p for p in self.points if p.score is not None]
+        smallest_for_accuracy = {id(scored[i]) for i in pareto_front(
+            [{"size_bytes": p.size_bytes, "score": p.score} for p in scored], "size_bytes", "score")}
         for i, p in enumerate(self.points):
             if p.score is None:  # not evaluated yet: no accuracy to place it at
                 continue
@@ -217,7 +225,8 @@ class Plots(QObject):
                 "pos": (p.latency_ms, p.score),
                 "size": 8 + 22 * (p.size_bytes / biggest),
                 "brush": pg.mkBrush(*colour, 220 if current else 110),
-                "pen": pg.mkPen("k", width=3 if current else 0.5),
+                "pen": pg.mkPen((39, 174, 96), width=3) if id(p) in smallest_for_accuracy and not current
+                else pg.mkPen("k", width=3 if current else 0.5),
                 "symbol": "s" if original else "o",
                 "data": i,
             })
