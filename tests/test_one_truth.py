@@ -169,3 +169,22 @@ def test_timing_holds_the_apps_other_jobs(qtbot, tiny, tiny_inputs):
     window = (timed[0] - 0.9 * done[0].median * 200 / 1000, timed[0])
     overlapping = [s for s in steps if s[0] < window[1] and s[1] > window[0]]
     assert len(steps) > 4 and not overlapping, (window, steps[-5:])
+
+
+def test_models_compared_are_timed_in_turns(tiny_inputs):
+    """A, B, then B, A, ...: both medians see the same load (back-to-back blocks drift on a shared machine)."""
+    import time as _time
+
+    from workbench.core.measure import measure_latencies
+
+    calls = []
+
+    def model(name, seconds):
+        def run(_x):
+            calls.append(name)
+            _time.sleep(seconds)
+        return run
+
+    a, b = measure_latencies([model("a", 0.002), model("b", 0.006)], tiny_inputs[0], runs=6, warmup=1)
+    assert calls == ["a", "b"] + ["a", "b", "b", "a"] * 3
+    assert 1.5 < a.median < 5 and 5 < b.median < 12 and a.runs == b.runs == 6

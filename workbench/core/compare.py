@@ -11,7 +11,16 @@ from pathlib import Path
 import torch
 
 from .config import MeasureSettings, OptimizationConfig, config_block
-from .measure import Predictions, agreement, mean_kl, predict, static_figures, write_model_file
+from .measure import (
+    Latency,
+    Predictions,
+    agreement,
+    mean_kl,
+    measure_latencies,
+    predict,
+    static_figures,
+    write_model_file,
+)
 from .models import LoadedModel
 from .optimize import OptimizedModel, optimize_steps, relay
 from .process import machine
@@ -53,16 +62,26 @@ def skipped_of(source) -> list[dict]:
     return [{"path": s.path, "reason": s.reason} for s in getattr(source, "skipped", [])]
 
 
-def original_figures(loaded: LoadedModel, example: torch.Tensor, out: Path, settings: MeasureSettings) -> dict:
+def original_figures(loaded: LoadedModel, example: torch.Tensor, out: Path, settings: MeasureSettings,
+                     latency: Latency | None = None) -> dict:
     """:func:`static_figures` of the original model, its file written to ``out``."""
     path = Path(out) / "original.pt"
     return static_figures(loaded.model, loaded.model, example, (path, *write_model_file(path, loaded.model)),
-                          settings)
+                          settings, latency)
 
 
-def optimized_figures(opt: OptimizedModel, example: torch.Tensor, out: Path, settings: MeasureSettings) -> dict:
+def optimized_figures(opt: OptimizedModel, example: torch.Tensor, out: Path, settings: MeasureSettings,
+                      latency: Latency | None = None) -> dict:
     """:func:`static_figures` of an optimized model, its deployable file written to ``out``."""
-    return static_figures(opt.model, opt.float_model, example, opt.write_file(out), settings)
+    return static_figures(opt.model, opt.float_model, example, opt.write_file(out), settings, latency)
+
+
+def paired_latency(loaded: LoadedModel, opt: OptimizedModel, example: torch.Tensor,
+                   settings: MeasureSettings) -> tuple[Latency, Latency]:
+    """The original's and the optimized model's latency, timed in turns (the same load for both)."""
+    original, optimized = measure_latencies([loaded.model, opt.model], example, settings.latency_runs,
+                                            settings.warmup)
+    return original, optimized
 
 
 def build_report(loaded: LoadedModel, opt: OptimizedModel, settings: MeasureSettings, *, source_name: str,
@@ -116,11 +135,14 @@ def report_for(loaded: LoadedModel, opt: OptimizedModel, batch: Batch, out: Path
     ref = predict(loaded.model, batch.inputs)
     new = predict(opt.model, batch.inputs)
     example = batch.inputs[0]
+    original_ms, optimized_ms = paired_latency(loaded, opt, example, settings)
     if original is None:
-        original = original_figures(loaded, example, out, settings)
+        original = original_figures(loaded, example, out, settings, original_ms)
+    else:  # measured once for a sweep: this report's latencies come from one interleaved timing
+        original = {**original, "latency_ms": original_ms.to_dict()}
     return build_report(loaded, opt, settings, source_name=source_name, labels=batch.labels,
                         skipped=batch.skipped, original=original,
-                        optimized=optimized_figures(opt, example, out, settings), ref=ref, new=new)
+                        optimized=optimized_figures(opt, example, out, settings, optimized_ms), ref=ref, new=new)
 
 
 def compare_on_inputs(loaded: LoadedModel, opt: OptimizedModel, frames,

@@ -44,32 +44,45 @@ def measure_latency(model: nn.Module, example: torch.Tensor, runs: int = 30, war
 
     Isolated: no other job of the app runs meanwhile (every job step and every inference
     holds the shared side of the app lock; this holds the exclusive side)."""
-    times = []
+    return measure_latencies([model], example, runs, warmup)[0]
+
+
+def measure_latencies(models: Sequence, example: torch.Tensor, runs: int = 30, warmup: int = 5) -> list[Latency]:
+    """:func:`measure_latency` of several models timed in turns (A B, B A, A B, ...): on a
+    shared machine two blocks of runs taken one after the other differ by up to a third, so
+    models compared with each other are timed interleaved and see the same load."""
+    times: list[list[float]] = [[] for _ in models]
     flush_denormals()
     with torch.inference_mode(), quiet():
         before = torch.get_num_threads()
         threads = timing_threads() or before  # live mode's predictors run with one each meanwhile
         torch.set_num_threads(threads)
         try:
-            for _ in range(warmup):
-                model(example)
-            for _ in range(runs):
-                start = time.perf_counter()
-                model(example)
-                times.append((time.perf_counter() - start) * 1000)
+            for model in models:
+                for _ in range(warmup):
+                    model(example)
+            for r in range(runs):
+                for k in (range(len(models)) if r % 2 == 0 else reversed(range(len(models)))):
+                    start = time.perf_counter()
+                    models[k](example)
+                    times[k].append((time.perf_counter() - start) * 1000)
         finally:
             torch.set_num_threads(before)
-    times.sort()
-    p90 = times[min(len(times) - 1, int(round(0.9 * (len(times) - 1))))]
-    return Latency(statistics.median(times), p90, runs, threads, getattr(model, "device_name", "cpu"))
+    out = []
+    for model, t in zip(models, times):
+        t.sort()
+        p90 = t[min(len(t) - 1, int(round(0.9 * (len(t) - 1))))]
+        out.append(Latency(statistics.median(t), p90, runs, threads, getattr(model, "device_name", "cpu")))
+    return out
 
 
 def static_figures(model, float_model: nn.Module, example: torch.Tensor, file: tuple[Path, int, str],
-                   settings: MeasureSettings) -> dict:
-    """The figures of one model that do not depend on the images: latency (isolated), the size
-    of its real ``file`` (path, bytes, format), parameters, MACs and memory. The CLI, the
-    window and the benchmarks all take a model's figures from here."""
-    latency = measure_latency(model, example, runs=settings.latency_runs, warmup=settings.warmup)
+                   settings: MeasureSettings, latency: Latency | None = None) -> dict:
+    """The figures of one model that do not depend on the images: latency (isolated; or
+    ``latency`` when it was timed interleaved with another model's), the size of its real
+    ``file`` (path, bytes, format), parameters, MACs and memory. The CLI, the window and the
+    benchmarks all take a model's figures from here."""
+    latency = latency or measure_latency(model, example, runs=settings.latency_runs, warmup=settings.warmup)
     file_path, size, fmt = file
     params, nonzero = count_params(float_model)
     return {"latency_ms": latency.to_dict(), "size_bytes": size, "file": str(file_path), "file_format": fmt,

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import torch
 
-from .compare import build_report, optimized_figures, original_figures, skipped_of
+from .compare import build_report, optimized_figures, original_figures, paired_latency, skipped_of
 from .config import MeasureSettings, OptimizationConfig
 from .locks import running
-from .measure import Predictions, measure_latency
+from .measure import Predictions
 from .models import LoadedModel
 from .optimize import OptimizedModel, optimize_steps, relay
 from .sources import Frame, VideoSource
@@ -202,9 +202,9 @@ def optimize_and_measure(ws: Workspace, config: OptimizationConfig, settings: Me
 
 
 def _measured(ws: Workspace, opt: OptimizedModel, folder: Path, settings: MeasureSettings) -> Measured:
-    """Both models timed back to back, so that their ratio is measured under one condition."""
-    original = measure_latency(ws.loaded.model, ws.inputs[0], settings.latency_runs, settings.warmup)
-    return Measured(opt, optimized_figures(opt, ws.inputs[0], folder, settings), original.to_dict())
+    """Both models timed in turns (as ``compare`` times them), so their ratio is measured under one load."""
+    original, optimized = paired_latency(ws.loaded, opt, ws.inputs[0], settings)
+    return Measured(opt, optimized_figures(opt, ws.inputs[0], folder, settings, optimized), original.to_dict())
 
 
 @dataclass

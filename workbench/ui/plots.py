@@ -74,11 +74,10 @@ class Plots(QObject):
         self.memory = _plot("memoryPlot", "Model file size", "MB", "")
         self.rss = _plot("rssPlot", "Process memory", "MB", "s")
         self.accuracy = _plot("accuracyPlot", "Accuracy", "top-1", "images evaluated")
-        self.tradeoff = _plot("tradeoffPlot", "Trade-off (click: show it; shift+click: on the left)", "top-1",
-                              "latency (ms)")
+        self.tradeoff = _plot("tradeoffPlot", "Trade-off (click a point)", "top-1", "latency (ms)")
         self.tradeoff.setToolTip("Each configuration tried at its latency and accuracy; the point's size is its "
                                  "file size. Dashed line: the most accurate for its latency (Pareto front); green "
-                                 "ring: the most accurate for its file size")
+                                 "ring: the most accurate for its file size. Click a point to show it; shift+click to show it in the left pane")
         self.lat = {k: deque(maxlen=window) for k in ("original", "optimized")}
         self.frame_no = deque(maxlen=window)
         self.rss_t: deque[float] = deque(maxlen=600)
@@ -157,7 +156,7 @@ class Plots(QObject):
 
     def reset_accuracy(self, which: str, labelled: bool) -> None:
         self.acc_history[which] = []
-        self.accuracy.setTitle("Accuracy" if labelled else "Agreement with the original (no labels)")
+        self.accuracy.setTitle("Accuracy" if labelled else "Agreement (no labels)")
         self.accuracy.setLabel("left", "top-1" if labelled else "agreement")
         self.tradeoff.setLabel("left", "top-1" if labelled else "agreement")
         self.follow_palette()
@@ -232,6 +231,9 @@ class Plots(QObject):
             })
         self.scatter.setData(spots)
         self.front_curve.setData(*self.front())
+        vb = self.tradeoff.getPlotItem().vb
+        if any(vb.state["autoRange"]):  # unless the user zoomed: keep every point in view
+            vb.updateAutoRange()
 
     def front(self) -> tuple[list[float], list[float]]:
         """The Pareto front of the scored points (best accuracy for a given latency) as a step line."""
