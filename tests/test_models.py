@@ -51,7 +51,16 @@ def test_state_dict_file_with_architecture(tmp_path):
         assert torch.equal(lm.model(x), ref.model(x))
 
 
-def test_torchscript_file(tmp_path, tiny):
+def _imagenet_tiny():
+    """TinyNet with 1000 classes: a file model must score the ImageNet classes to be loaded."""
+    from conftest import TinyNet
+
+    torch.manual_seed(0)
+    return TinyNet(classes=1000).eval()
+
+
+def test_torchscript_file(tmp_path):
+    tiny = _imagenet_tiny()
     path = tmp_path / "tiny.pt"
     torch.jit.script(tiny).save(str(path))
     lm = load_model(str(path))
@@ -75,7 +84,8 @@ def test_pickle_with_code_is_refused_and_does_not_run(tmp_path, monkeypatch):
     assert not marker.exists()
 
 
-def test_full_pickled_module_needs_trust(tmp_path, tiny):
+def test_full_pickled_module_needs_trust(tmp_path):
+    tiny = _imagenet_tiny()
     path = tmp_path / "full.pt"
     torch.save(tiny, path)
     with pytest.raises(ModelLoadError, match="trust"):
