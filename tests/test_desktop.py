@@ -372,10 +372,10 @@ def test_errors_go_to_the_log_and_the_status_line_links_to_it(qtbot, tmp_path, m
     _loaded(qtbot, w)
     assert not w.log_link.isVisible()
     broken = tmp_path / "broken.pt"
-    broken.write_bytes(os.urandom(256))
+    broken.write_bytes(b"not a model at all")  # (random bytes gave one of two messages)
     w.open_path(str(broken))
-    qtbot.waitUntil(lambda: "refused" in w.status_text.text(), timeout=LONG)
-    assert "broken.pt" in w.status_text.text() and w.log_link.isVisible()
+    qtbot.waitUntil(lambda: w.log_link.isVisible(), timeout=LONG)
+    assert "broken.pt" in w.status_text.text()
     w.log_link.linkActivated.emit("log")
     assert opened == [str(log_file)]
     text = log_file.read_text()
