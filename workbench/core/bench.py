@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -170,7 +171,7 @@ def folder_soak(images: str | None, frames: int, config: OptimizationConfig,
 
     loaded = load_model("efficientnet_lite0")
     source = open_source(images)
-    calibration = [loaded.preprocess(f.rgb) for f in list(source)[:32]]
+    calibration = [loaded.preprocess(f.rgb) for f in itertools.islice(source, 32)]  # not the whole folder
     opt = optimize(loaded.model, config, calibration)
     samples, done, t0 = [], 0, time.monotonic()
     while done < frames:
