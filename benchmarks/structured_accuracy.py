@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from workbench.core.measure import count_macs, measure_latency  # noqa: E402
 from workbench.core.models import load_model  # noqa: E402
-from workbench.core.prune_channels import augmented_views, prune_hidden_channels  # noqa: E402
+from workbench.core.prune_channels import prune_hidden_channels  # noqa: E402
 from workbench.core.sources import open_source  # noqa: E402
 
 DEFAULT_IMAGES = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenet-sample"
@@ -119,8 +119,7 @@ def main(argv=None) -> None:
             from workbench.core.recover import distill_steps
 
             model = result["model"]
-            teach = augmented_views(calibration, args.views, seed=3)
-            for _ in distill_steps(model, loaded.model, teach, seconds=args.recover_seconds):
+            for _ in distill_steps(model, loaded.model, calibration, seconds=args.recover_seconds):
                 pass
             acc = top1(model, inputs, labels)
             print(f"{target:>6.2f} {'+ distillation':<22} {kept:>9.3f} {acc:>7.4f} "

@@ -142,3 +142,17 @@ def test_gptq_rounding_lands_on_the_grid_and_beats_nearest_on_outputs():
         assert torch.allclose(codes, codes.round(), atol=1e-4) and codes.abs().max() <= 3 + 1e-4
         ref = layer(x)
         assert ((g(x) - ref) ** 2).mean() < 0.7 * ((n(x) - ref) ** 2).mean()
+
+
+def test_distillation_never_ends_worse_on_its_held_out_images(tiny, tiny_inputs):
+    from workbench.core.recover import _kl_batches
+
+    result = optimize(tiny, OptimizationConfig(sparsity=0.6, prune_method="unstructured"), tiny_inputs)
+    held = [torch.cat(tiny_inputs[-2:])]  # distill_steps holds out the last 1/8 of 16 images
+    with torch.no_grad():
+        teacher = [torch.log_softmax(tiny(held[0]), 1)]
+    before = _kl_batches(teacher, result.model, held)
+    # a learning rate far too high: training makes things worse, the best weights are kept
+    steps = [s for s in distill_steps(result.model, tiny, tiny_inputs, seconds=2, lr=1.0, check_every=0.2)
+             if isinstance(s, dict)]
+    assert steps and _kl_batches(teacher, result.model, held) <= before + 1e-9

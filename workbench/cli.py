@@ -25,6 +25,9 @@ def _optimization_options(p) -> None:
     schemes, scheme_help = _choices(methods.QUANT_SCHEMES)
     p.add_argument("--quant-scheme", choices=schemes, default=None,
                    help="default: weights-activations at 8 bits (real int8), weights below; " + scheme_help)
+    p.add_argument("--act-bits", type=int, default=None, metavar="N",
+                   help="with --bits below 8: activations at N bits (2-8, simulated), e.g. --bits 4 --act-bits 8 "
+                        "(W4A8)")
 
 
 def _compare_parser(sub) -> None:
@@ -102,7 +105,7 @@ def _settings_and_config(args):
     config = OptimizationConfig(
         sparsity=pick("--sparsity", args.sparsity, b.sparsity), prune_method=pick("--prune-method", args.prune_method,
                                                                                   b.prune_method),
-        bits=bits, quant_scheme=scheme, per_channel=pick("--per-tensor", not args.per_tensor, b.per_channel),
+        bits=bits, quant_scheme=scheme, act_bits=pick("--act-bits", args.act_bits, b.act_bits), per_channel=pick("--per-tensor", not args.per_tensor, b.per_channel),
         exclude=tuple(args.exclude) or b.exclude, runtime=pick("--runtime", args.runtime, b.runtime),
         round_to=pick("--round-to", args.round_to, b.round_to), rounding=pick("--rounding", args.rounding, b.rounding),
         allocation=pick("--allocation", args.allocation, b.allocation), device=pick("--device", args.device, b.device),
@@ -285,7 +288,7 @@ def run_bench(args) -> int:
         return _fail(f"--seconds must be between 1 and 86400, got {args.seconds:g}")
     try:
         config = OptimizationConfig(sparsity=args.sparsity, prune_method=args.prune_method, bits=args.bits,
-                                    quant_scheme=args.quant_scheme)
+                                    quant_scheme=args.quant_scheme, act_bits=args.act_bits)
     except ConfigError as exc:
         return _fail(str(exc))
     video = args.video

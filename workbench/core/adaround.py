@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .locks import running
 from .quantize import QUANT_LAYERS
 from .recover import layer_inputs
 
@@ -111,32 +112,75 @@ def adaround_layer_(layer: nn.Module, rows_q: torch.Tensor, target: torch.Tensor
         layer.weight.copy_(codes * s)
 
 
-def adaround_steps(model: nn.Module, bits: int, calibration: Sequence[torch.Tensor], exclude: Sequence[str] = (),
-                   iters: int = 300, *, max_rows: int = 8192, batch_rows: int = 1024, lam: float = 0.01,
-                   images: int = 32, flip: bool = True, batch_size: int = 16
-                   ) -> Iterator[str | dict[str, torch.Tensor]]:
+def chain(model: nn.Module) -> list[nn.Module]:
+    """The model's blocks in order: its top-level children, plain ``nn.Sequential`` opened."""
+    out: list[nn.Module] = []
+
+    def walk(m):
+        for c in m.children():
+            (walk if type(c) is nn.Sequential else out.append)(c)
+    walk(model)
+    return out
+
+
+class _Cursor:
+    """Inputs of a model's layers, asked for in forward order, computed block by block from
+    cached block inputs (each block runs once per layer in it, not the whole prefix)."""
+
+    def __init__(self, model: nn.Module, batches: list[torch.Tensor]):
+        self.model, self.xs, self.i = model, batches, 0
+        self.blocks = chain(model)
+        self.owner = {m: bi for bi, b in enumerate(self.blocks) for m in b.modules()}
+        with torch.no_grad(), running():
+            x = batches[0][:1]
+            y = x
+            for b in self.blocks:
+                y = b(y)
+            self.ok = y.shape == model(x).shape and torch.allclose(y, model(x), atol=1e-4, rtol=1e-4)
+
+    def inputs(self, layer: nn.Module) -> list[torch.Tensor]:
+        if not self.ok:  # the forward is not a chain of the blocks: run the whole prefix
+            return layer_inputs(self.model, layer, self.xs)
+        bi = self.owner[layer]
+        while self.i < bi:
+            with torch.no_grad(), running():
+                self.xs = [self.blocks[self.i](x) for x in self.xs]
+            self.i += 1
+        return layer_inputs(self.blocks[bi], layer, self.xs)
+
+
+def adaround_steps(model: nn.Module, bits: int | dict[str, int], calibration: Sequence[torch.Tensor],
+                   exclude: Sequence[str] = (), iters: int = 300, *, max_rows: int = 8192, batch_rows: int = 1024,
+                   lam: float = 0.01, images: int = 32, flip: bool = True, batch_size: int = 16,
+                   reference: nn.Module | None = None) -> Iterator[str | dict[str, torch.Tensor]]:
     """Round the weights of every conv / linear layer of ``model`` (not in ``exclude``) to
     ``bits`` (symmetric, per output channel) with AdaRound, in place on the model the
-    caller passes (make a copy first). Yields progress strings, then {layer name: scale}.
-    ``images`` calibration images (and their mirror images with ``flip``) are used."""
+    caller passes (make a copy first). ``bits`` may be {layer name: bits} (mixed precision;
+    only those layers are rounded). Yields progress strings, then {layer name: scale}.
+    ``images`` calibration images (and their mirror images with ``flip``) are used;
+    targets come from ``reference`` (default: a float copy of ``model`` as it is now)."""
     from .recover import mse_clip_scale
 
     skip = set(exclude)
     layers = {n: m for n, m in model.named_modules() if isinstance(m, QUANT_LAYERS) and n not in skip}
+    if isinstance(bits, dict):
+        layers = {n: m for n, m in layers.items() if n in bits}
+    per_layer = bits if isinstance(bits, dict) else {n: bits for n in layers}
     if not calibration:
         raise ValueError("AdaRound needs calibration images")
     views = list(calibration[:images])
     if flip:
         views += [torch.flip(x, [3]) for x in views]
     batches = [torch.cat(views[i:i + batch_size]) for i in range(0, len(views), batch_size)]
-    reference = copy.deepcopy(model).eval()
+    reference = (reference if reference is not None else copy.deepcopy(model)).eval()
     ref_layers = dict(reference.named_modules())
     model.eval()
     gen = torch.Generator().manual_seed(0)
     scales: dict[str, torch.Tensor] = {}
+    quantized, floating = _Cursor(model, batches), _Cursor(reference, batches)
     for i, (name, layer) in enumerate(layers.items()):
-        xq = layer_inputs(model, layer, batches)
-        xf = layer_inputs(reference, ref_layers[name], batches)
+        xq = quantized.inputs(layer)
+        xf = floating.inputs(ref_layers[name])
         idx = _sample(layer, xq, max_rows, gen)
         rows_q, _ = _rows(layer, xq, idx)
         rows_f, _ = _rows(layer, xf, idx)
@@ -145,9 +189,10 @@ def adaround_steps(model: nn.Module, bits: int, calibration: Sequence[torch.Tens
             target = _apply(layer, rows_f, layer.weight.detach())
             if layer.bias is not None:
                 target = target + layer.bias.detach()
-        scale = mse_clip_scale(layer.weight, bits).reshape(-1)
+        b = per_layer[name]
+        scale = mse_clip_scale(layer.weight, b).reshape(-1)
         with torch.enable_grad():
-            adaround_layer_(layer, rows_q, target, bits, scale, iters, batch_rows, lam)
+            adaround_layer_(layer, rows_q, target, b, scale, iters, batch_rows, lam)
         scales[name] = scale
-        yield f"AdaRound {bits}-bit: {i + 1}/{len(layers)} layers ({name})"
+        yield f"AdaRound: {i + 1}/{len(layers)} layers ({name}, {b} bits)"
     yield scales

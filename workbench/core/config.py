@@ -40,6 +40,9 @@ class OptimizationConfig:
     bits: 32 (off), 16, or 8 down to 2.
     quant_scheme: "weights" or "weights-activations"; None (the default) takes
         :func:`methods.default_scheme` for the bit width (int8 kernels at 8 bits, weights below).
+    act_bits: activations at this many bits (2 to 8) with weights below 8 bits, e.g. 4-bit
+        weights with 8-bit activations (W4A8); implies "weights-activations". None: the
+        activations take ``bits`` when the scheme is "weights-activations" (W4A4).
     per_channel: one scale per output channel (else per tensor).
     exclude: layer names that are neither pruned nor quantized.
     round_to: structured pruning keeps channel counts a multiple of this (1 = any).
@@ -47,8 +50,9 @@ class OptimizationConfig:
     device: where the optimized model runs: "cpu", or "cuda" (float and 16-bit only).
     bn_recalibration: re-estimate BatchNorm statistics after pruning.
     bias_correction: remove the mean output shift caused by rounding weights.
-    rounding: "nearest" (max-abs scale), "mse" (per-channel clipping that minimises error), or
-        "gptq" (MSE clipping, plus GPTQ's error feedback on 1x1 convolutions and linear layers).
+    rounding: "nearest" (max-abs scale), "mse" (per-channel clipping that minimises error),
+        "gptq" (MSE clipping, plus GPTQ's error feedback on 1x1 convolutions and linear layers), or
+        "adaround" (MSE clipping, then each weight rounded up or down as learned layer by layer).
     allocation: "sensitivity": a bit width below 8 is distributed over the layers by measured
         sensitivity (mixed precision, the same mean bits); "uniform": one bit width for all.
     layer_bits: per-layer bit widths that override everything else, as (name, bits) pairs.
@@ -58,6 +62,7 @@ class OptimizationConfig:
     prune_method: str = methods.DEFAULT_PRUNE_METHOD
     bits: int = 32
     quant_scheme: str | None = None
+    act_bits: int | None = None
     per_channel: bool = True
     exclude: tuple[str, ...] = field(default_factory=tuple)
     round_to: int = 1
@@ -70,6 +75,13 @@ class OptimizationConfig:
     layer_bits: tuple[tuple[str, int], ...] = field(default_factory=tuple)
 
     def __post_init__(self):
+        if self.act_bits is not None:
+            if isinstance(self.act_bits, bool) or self.act_bits not in range(2, 9):
+                raise ConfigError(f"act_bits must be from 2 to 8, got {self.act_bits!r}")
+            if isinstance(self.bits, bool) or not isinstance(self.bits, int) or self.bits >= 8:
+                raise ConfigError("act_bits goes with weights below 8 bits (8-bit weights and activations "
+                                  "run on int8 kernels: bits 8)")
+            object.__setattr__(self, "quant_scheme", "weights-activations")
         if self.quant_scheme is None:
             object.__setattr__(self, "quant_scheme", default_scheme(self.bits))
         if not isinstance(self.sparsity, (int, float)) or not 0.0 <= self.sparsity <= 0.95:
@@ -113,6 +125,13 @@ class OptimizationConfig:
         return self.bits == 8 and self.quant_scheme == "weights-activations"
 
     @property
+    def activation_bits(self) -> int | None:
+        """The simulated activations' bit width, None when they stay float or run on int8 kernels."""
+        if not self.simulated or self.quant_scheme != "weights-activations" or self.bits >= 8:
+            return None
+        return self.act_bits or self.bits
+
+    @property
     def simulated(self) -> bool:
         real_fp16 = self.bits == 16 and self.device == "cuda"
         return self.bits < 32 and not self.real_int8 and not real_fp16
@@ -131,8 +150,11 @@ class OptimizationConfig:
         if self.sparsity:
             parts.append(f"{self.sparsity:.0%} {self.prune_method}")
         if self.bits < 32:
-            scheme = "W" if self.quant_scheme == "weights" else "W+A"
-            parts.append(f"{self.bits}-bit {scheme}")
+            if self.act_bits and self.act_bits != self.bits:
+                parts.append(f"W{self.bits}A{self.act_bits}")
+            else:
+                scheme = "W" if self.quant_scheme == "weights" else "W+A"
+                parts.append(f"{self.bits}-bit {scheme}")
         if self.runtime != "torch":
             parts.append(self.runtime)
         if self.device != "cpu":

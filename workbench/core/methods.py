@@ -69,6 +69,8 @@ ROUNDINGS = _table(
     Method("nearest", "round to nearest", "max-abs scale, nearest integer"),
     Method("mse", "MSE-optimal clipping", "per-channel clipping that minimises the rounding error"),
     Method("gptq", "GPTQ", "MSE clipping plus GPTQ's error feedback on 1x1 and linear layers"),
+    Method("adaround", "AdaRound", "MSE clipping, then every weight rounded up or down as learned layer by "
+           "layer on the calibration images (slow: minutes)"),
 )
 
 ALLOCATIONS = _table(

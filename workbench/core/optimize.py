@@ -321,12 +321,25 @@ def _simulated_bits(work, original, config: OptimizationConfig, calibration, res
     bits.update(overrides)
     bits = {n: b for n, b in bits.items() if b < 32}
     originals = {n: layers[n].weight.detach().clone() for n in bits}
+    adaround = config.rounding == "adaround" and config.per_channel and bool(calibration)
     means = None
-    if config.bias_correction and calibration and config.bits < 16:
+    if config.bias_correction and calibration and config.bits < 16 and not adaround:
         from .recover import input_means
 
         yield "measuring layer inputs for bias correction"
         means = input_means(work, {n: layers[n] for n in bits}, calibration)
+    rounded: set[str] = set()  # layers whose weights are already on their grid
+    if adaround:  # AdaRound fits each layer's output, offsets included: no bias correction after it
+        from .adaround import adaround_steps
+
+        reference = copy.deepcopy(work)  # targets: this float (maybe pruned) model
+        high = {n: b for n, b in bits.items() if b >= 8}
+        simulate_weight_quant_(work, high, True, "mse")
+        learned = {n: b for n, b in bits.items() if b < 8}
+        scales = yield from relay(adaround_steps(work, learned, calibration, config.exclude, reference=reference))
+        result.scales.update(scales)
+        rounded = set(bits)
+        result.methods.append("AdaRound rounding")
     gptq_layers = {}
     if config.rounding == "gptq" and config.per_channel and calibration:
         gptq_layers = {n: layers[n] for n, b in bits.items() if b < 8 and _is_pointwise(layers[n])}
@@ -340,9 +353,10 @@ def _simulated_bits(work, original, config: OptimizationConfig, calibration, res
             gptq_(m.weight, hessians[name], bits[name], result.scales[name])
             yield f"GPTQ rounding: {i + 1}/{len(gptq_layers)} layers"
         result.methods.append("GPTQ rounding")
-    rest = {n: b for n, b in bits.items() if n not in gptq_layers}
+        rounded = set(gptq_layers)
+    rest = {n: b for n, b in bits.items() if n not in rounded}
     simulate_weight_quant_(work, rest, config.per_channel, "nearest" if config.rounding == "nearest" else "mse")
-    if config.rounding != "nearest" and config.bits < 8:
+    if config.rounding not in ("nearest", "adaround") and config.bits < 8:
         result.methods.append("MSE-optimal clipping")
     if means is not None:
         from .recover import bias_correct_
@@ -351,11 +365,13 @@ def _simulated_bits(work, original, config: OptimizationConfig, calibration, res
         result.methods.append("bias correction")
     result.quant_bits = bits
     result.kernels = f"fp32 (simulated {config.bits}-bit)"
-    if config.quant_scheme == "weights-activations" and config.bits < 8:
+    if config.activation_bits:
         if not calibration:
             raise OptimizeError("activation quantization needs calibration images")
-        result.model = yield from relay(simulate_activation_quant(work, config.bits, list(calibration),
-                                                                  config.per_channel))
+        result.model = yield from relay(simulate_activation_quant(work, config.activation_bits, list(calibration),
+                                                                  config.per_channel, weight_bits=bits,
+                                                                  exclude=config.exclude))
+        result.kernels = f"fp32 (simulated W{config.bits}A{config.activation_bits})"
     elif config.quant_scheme == "weights-activations":
         result.notes.append(f"{config.bits}-bit: weights rounded; activations stay float")
 

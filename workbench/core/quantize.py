@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -209,26 +209,37 @@ def simulate_weight_quant_(model: nn.Module, layer_bits: dict[str, int], per_cha
 
 
 def simulate_activation_quant(model: nn.Module, bits: int, calibration: list[torch.Tensor],
-                              per_channel: bool = True) -> Iterator[str | nn.Module]:
-    """Weights and activations at ``bits`` (< 8), simulated with FX fake-quant modules.
+                              per_channel: bool = True, weight_bits: int | dict[str, int] | None = None,
+                              exclude: Sequence[str] = ()) -> Iterator[str | nn.Module]:
+    """Activations at ``bits`` (<= 8), weights at ``weight_bits`` (one width, or {layer name:
+    bits} for mixed precision; default: ``bits``), simulated with FX fake-quant modules;
+    ``exclude``: layers left float. The weights should already be rounded to their widths
+    (:func:`simulate_weight_quant_`): the weight fake-quant then leaves them where they are.
 
     A generator like :func:`quantize_int8`; the model it yields runs float kernels."""
     from torch.ao.quantization import FakeQuantize, QConfig, QConfigMapping
     from torch.ao.quantization.observer import MinMaxObserver, PerChannelMinMaxObserver
     from torch.ao.quantization.quantize_fx import prepare_fx
 
-    qmax = 2 ** (bits - 1) - 1
-    if per_channel:
+    def weight(b: int):
+        qmax = 2 ** (b - 1) - 1
         # quant_min = -qmax (symmetric, as TFLite): weights already rounded by
         # simulate_weight_quant_ stay exactly where they are
-        weight = FakeQuantize.with_args(observer=PerChannelMinMaxObserver, quant_min=-qmax, quant_max=qmax,
-                                        dtype=torch.qint8, qscheme=torch.per_channel_symmetric)
-    else:
-        weight = FakeQuantize.with_args(observer=MinMaxObserver, quant_min=-qmax, quant_max=qmax,
-                                        dtype=torch.qint8, qscheme=torch.per_tensor_symmetric)
+        if per_channel:
+            return FakeQuantize.with_args(observer=PerChannelMinMaxObserver, quant_min=-qmax, quant_max=qmax,
+                                          dtype=torch.qint8, qscheme=torch.per_channel_symmetric)
+        return FakeQuantize.with_args(observer=MinMaxObserver, quant_min=-qmax, quant_max=qmax,
+                                      dtype=torch.qint8, qscheme=torch.per_tensor_symmetric)
+
     act = FakeQuantize.with_args(observer=MinMaxObserver, quant_min=0, quant_max=2 ** bits - 1,
                                  dtype=torch.quint8, qscheme=torch.per_tensor_affine)
-    mapping = QConfigMapping().set_global(QConfig(activation=act, weight=weight))
+    per_layer = weight_bits if isinstance(weight_bits, dict) else {}
+    mapping = QConfigMapping().set_global(QConfig(activation=act, weight=weight(
+        weight_bits if isinstance(weight_bits, int) else bits)))
+    for name, b in per_layer.items():
+        mapping.set_module_name(name, QConfig(activation=act, weight=weight(min(b, 8))))
+    for name in exclude:
+        mapping.set_module_name(name, None)
     with tracing():
         prepared = prepare_fx(copy.deepcopy(model).eval(), mapping, (calibration[0],))
     prepared.apply(torch.ao.quantization.disable_fake_quant)

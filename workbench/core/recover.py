@@ -165,29 +165,66 @@ def bias_correct_(model: nn.Module, original_weights: dict[str, torch.Tensor],
             m.bias.sub_(shift)
 
 
+def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """A random crop (60-100 % of the side, resized back) of each image, mirrored at random."""
+    out = []
+    h, w = x.shape[-2:]
+    for img in x.split(1):
+        scale = 0.6 + 0.4 * torch.rand(1, generator=gen).item()
+        ch, cw = max(1, int(h * scale)), max(1, int(w * scale))
+        top = int(torch.randint(0, h - ch + 1, (1,), generator=gen))
+        left = int(torch.randint(0, w - cw + 1, (1,), generator=gen))
+        v = F.interpolate(img[..., top:top + ch, left:left + cw], size=(h, w), mode="bilinear", align_corners=False)
+        out.append(torch.flip(v, [3]) if torch.rand(1, generator=gen).item() < 0.5 else v)
+    return torch.cat(out)
+
+
+def _kl_batches(teacher_logp: list[torch.Tensor], student: nn.Module, batches: list[torch.Tensor]) -> float:
+    with torch.no_grad(), running():
+        total = sum(float((t.exp() * (t - F.log_softmax(student(b), 1))).sum()) for t, b in zip(teacher_logp, batches))
+    return total / max(1, sum(len(b) for b in batches))
+
+
 def distill_steps(student: nn.Module, teacher: nn.Module, images: Sequence[torch.Tensor], *,
-                  seconds: float = 60.0, lr: float = 1e-4, batch_size: int = 16,
-                  temperature: float = 1.0) -> Iterator[str | dict]:
+                  seconds: float = 60.0, lr: float = 1e-5, batch_size: int = 16,
+                  temperature: float = 1.0, held_out: float = 0.125, check_every: float = 30.0,
+                  seed: int = 0) -> Iterator[str | dict]:
     """Fine-tune ``student`` in place towards ``teacher``'s outputs on ``images`` (no labels),
     within a time bound. Zeroed weights stay zero (pruning masks are re-applied).
+
+    Every step draws a batch of the images in a shuffled order, each a fresh random crop and
+    mirror (a fixed set of views is learned by heart within minutes); the teacher scores the
+    same views. BatchNorm statistics stay as calibrated and dropout is off. ``held_out`` of
+    the images (with 8 or more images) are never trained on: every
+    ``check_every`` seconds and at the end the student's KL divergence from the teacher on
+    them is measured, and the student ends with the weights that had the lowest (the
+    starting weights if training never improved on them).
     Yields progress strings and, after every step, a dict with the step's loss."""
+    images = list(images)
     masks = {n: (p != 0) for n, p in student.named_parameters() if p.dim() > 1 and (p == 0).any()}
+    n_check = max(1, int(len(images) * held_out)) if len(images) >= 8 and held_out > 0 else 0
+    check = list(_batches(images[len(images) - n_check:], batch_size)) if n_check else []
+    train = images[:len(images) - n_check]
+    with torch.no_grad(), running():
+        check_t = [F.log_softmax(teacher(b), 1) for b in check]
     params = [p for p in student.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=lr)
-    with torch.no_grad(), running():
-        targets = [F.softmax(teacher(b) / temperature, 1) for b in _batches(images, batch_size)]
-    batches = list(_batches(images, batch_size))
-    start, step = time.monotonic(), 0
-    student.train()
-    for m in student.modules():  # BatchNorm statistics stay as calibrated
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.eval()
+    gen = torch.Generator().manual_seed(seed)
+    student.eval()  # BatchNorm statistics as calibrated, no dropout; gradients still flow
+    best = _kl_batches(check_t, student, check) if check else None
+    best_state = {k: v.clone() for k, v in student.state_dict().items()} if check else None
+    start, step, order, last_check = time.monotonic(), 0, [], time.monotonic()
     try:
         while time.monotonic() - start < seconds:
-            i = step % len(batches)
+            if len(order) < batch_size:
+                order += torch.randperm(len(train), generator=gen).tolist()
+            idx, order = order[:batch_size], order[batch_size:]
+            x = _augment(torch.cat([train[i] for i in idx]), gen)
+            with torch.no_grad(), running():
+                target = F.softmax(teacher(x) / temperature, 1)
             with running():
-                logits = student(batches[i])
-            loss = F.kl_div(F.log_softmax(logits / temperature, 1), targets[i], reduction="batchmean")
+                logits = student(x)
+            loss = F.kl_div(F.log_softmax(logits / temperature, 1), target, reduction="batchmean")
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -196,10 +233,19 @@ def distill_steps(student: nn.Module, teacher: nn.Module, images: Sequence[torch
                     if n in masks:
                         p.mul_(masks[n])
             step += 1
-            elapsed = time.monotonic() - start
+            now = time.monotonic()
+            if check and (now - last_check >= check_every or now - start >= seconds):
+                kl = _kl_batches(check_t, student, check)
+                if kl < best:
+                    best, best_state = kl, {k: v.clone() for k, v in student.state_dict().items()}
+                last_check = time.monotonic()
+            elapsed = now - start
             yield f"distilling: step {step}, {elapsed:.0f}/{seconds:.0f} s, loss {loss.item():.4f}"
-            yield {"step": step, "loss": loss.item(), "elapsed": elapsed}
+            yield {"step": step, "loss": loss.item(), "elapsed": elapsed, "held_out_kl": best}
     finally:
+        if best_state is not None:
+            if not _kl_batches(check_t, student, check) <= best:  # worse, or NaN
+                student.load_state_dict(best_state)
         student.eval()
 
 

@@ -13,6 +13,7 @@ from ..core import methods
 from ..core.config import BIT_STOPS, OptimizationConfig
 
 AUTO = "default"
+ACT8 = "act8"  # weights below 8 bits, activations at 8 (W4A8)
 
 
 def _combo(name: str, accessible: str, table: dict[str, methods.Method]) -> QComboBox:
@@ -61,9 +62,11 @@ class ConfigPanel(QWidget):
         self.bits_label = QLabel("32 bits (off)")
         self.quant_scheme = _combo("quantSchemeCombo", "Quantization scheme", methods.QUANT_SCHEMES)
         self.quant_scheme.insertItem(0, "", AUTO)
+        self.quant_scheme.addItem("weights + 8-bit activations (below 8 bits)", ACT8)
         self.quant_scheme.setCurrentIndex(0)
         self.quant_scheme.setToolTip("Weights only shrink the file; weights + activations at 8 bits also run on "
-                                     "faster int8 kernels, and cost a little more accuracy")
+                                     "faster int8 kernels, and cost a little more accuracy; 4-bit weights with "
+                                     "8-bit activations (W4A8) are simulated")
         self.runtime = _combo("runtimeCombo", "Runtime of the optimized model", methods.RUNTIMES)
         self.runtime.setToolTip("What runs the optimized model: PyTorch, or ONNX Runtime as it would be deployed "
                                 "(often faster; exporting takes a few seconds)")
@@ -104,7 +107,8 @@ class ConfigPanel(QWidget):
         excluded, layer_bits = self.layer_overrides
         return OptimizationConfig(sparsity=self.sparsity_slider.value() / 100,
                                   prune_method=self.prune_method.currentData(), bits=self.bits,
-                                  quant_scheme=None if scheme == AUTO else scheme,
+                                  quant_scheme=None if scheme in (AUTO, ACT8) else scheme,
+                                  act_bits=8 if scheme == ACT8 else None,
                                   runtime=self.runtime.currentData(), device=self.device.currentData(),
                                   exclude=excluded, layer_bits=layer_bits)
 
@@ -118,7 +122,8 @@ class ConfigPanel(QWidget):
         self.prune_method.setCurrentIndex(self.prune_method.findData(config.prune_method))
         self.bits_slider.setValue(BIT_STOPS.index(config.bits))
         default = OptimizationConfig(bits=config.bits).quant_scheme
-        self.quant_scheme.setCurrentIndex(0 if config.quant_scheme == default
+        self.quant_scheme.setCurrentIndex(self.quant_scheme.findData(ACT8) if config.act_bits == 8
+                                          else 0 if config.quant_scheme == default
                                           else self.quant_scheme.findData(config.quant_scheme))
         self.runtime.setCurrentIndex(self.runtime.findData(config.runtime))
         self.device.setCurrentIndex(max(0, self.device.findData(config.device)))
