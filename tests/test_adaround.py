@@ -138,3 +138,19 @@ def test_layer_inputs_block_by_block_match_whole_passes(tiny, tiny_inputs):
             if isinstance(m, (nn.Conv2d, nn.Linear)):
                 for a, b in zip(cursor.inputs(m), layer_inputs(model, m, batches), strict=True):
                     assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_the_copied_command_reproduces_w4a8_and_adaround(monkeypatch):
+    import shlex
+
+    from workbench import cli
+    from workbench.core.compare import compare_command
+    from workbench.core.config import MeasureSettings, OptimizationConfig
+
+    seen = []
+    monkeypatch.setattr(cli, "run_compare", lambda args: seen.append(cli._settings_and_config(args)[0]) or 0)
+    for config in (OptimizationConfig(bits=4, act_bits=8), OptimizationConfig(bits=4, rounding="adaround"),
+                   OptimizationConfig(bits=3, act_bits=6, sparsity=0.5)):
+        command = compare_command("efficientnet_lite0", None, None, config, MeasureSettings())
+        assert cli.main(shlex.split(command)[3:]) == 0
+        assert seen[-1] == config, command

@@ -63,6 +63,8 @@ def add_parsers(sub) -> None:
     e.add_argument("--bits", type=int, default=32, help="32 (off), 16, 8 .. 2")
     e.add_argument("--quant-scheme", choices=list(methods.QUANT_SCHEMES), default=None,
                    help="default: weights-activations at 8 bits (real int8), weights below")
+    e.add_argument("--act-bits", type=int, default=None, metavar="N",
+                   help="with --bits below 8: activations at N bits (simulated), e.g. --bits 4 --act-bits 8")
     runtimes = list(methods.RUNTIMES)
     e.add_argument("--runtime", choices=runtimes, default="torch",
                    help="; ".join(f"{m.key}: {m.help}" for m in methods.RUNTIMES.values()))
@@ -200,7 +202,7 @@ def _export(args, settings) -> int:
     from .core.export import export_steps
 
     config = OptimizationConfig(sparsity=args.sparsity, prune_method=args.prune_method, bits=args.bits,
-                                quant_scheme=args.quant_scheme, runtime=args.runtime)
+                                quant_scheme=args.quant_scheme, act_bits=args.act_bits, runtime=args.runtime)
     report = _drain(export_steps(args.model, args.images, config, settings, args.limit, Path(args.out)))
     if args.json:
         print(json.dumps(report, indent=1, default=str))

@@ -172,9 +172,12 @@ def compare_command(model: str, images: str | None, limit: int | None, config: O
         args += ["--limit", str(limit)]
     flags = {"sparsity": "--sparsity", "prune_method": "--prune-method", "bits": "--bits",
              "quant_scheme": "--quant-scheme", "runtime": "--runtime", "device": "--device",
-             "round_to": "--round-to", "rounding": "--rounding", "allocation": "--allocation"}
+             "act_bits": "--act-bits", "round_to": "--round-to", "rounding": "--rounding",
+             "allocation": "--allocation"}
     for name, flag in flags.items():
         value = getattr(config, name)
+        if name == "quant_scheme" and config.act_bits:
+            continue  # --act-bits implies weights + activations
         if value != getattr(base, name) or name == "bits" and value != 32:
             args += [flag, f"{value:g}" if isinstance(value, float) else str(value)]
     if not config.per_channel:

@@ -25,6 +25,7 @@ from .quantize import (
     int8_engine,
     quantize_int8,
     simulate_activation_quant,
+    simulate_act8,
     simulate_weight_quant_,
 )
 
@@ -105,8 +106,12 @@ class OptimizedModel:
             elif not cfg.simulated:
                 parts.append(f"{cfg.bits}-bit kernels")
             else:
-                what = "weights" if cfg.quant_scheme == "weights" else "weights+activations"
-                parts.append(f"{cfg.bits}-bit {what} simulated (float kernels)")
+                if cfg.activation_bits:
+                    parts.append(f"{cfg.bits}-bit weights, {cfg.activation_bits}-bit activations simulated "
+                                 "(float kernels with quantize steps: its latency is the simulation's)")
+                else:
+                    what = "weights" if cfg.quant_scheme == "weights" else "weights+activations"
+                    parts.append(f"{cfg.bits}-bit {what} simulated (float kernels)")
         if cfg.sparsity:
             if cfg.prune_method == "structured-hidden":
                 parts.append(f"{cfg.sparsity:.0%} of MACs removed (hidden channels): smaller dense layers")
@@ -368,9 +373,12 @@ def _simulated_bits(work, original, config: OptimizationConfig, calibration, res
     if config.activation_bits:
         if not calibration:
             raise OptimizeError("activation quantization needs calibration images")
-        result.model = yield from relay(simulate_activation_quant(work, config.activation_bits, list(calibration),
-                                                                  config.per_channel, weight_bits=bits,
-                                                                  exclude=config.exclude))
+        if config.activation_bits == 8:
+            result.model = yield from relay(simulate_act8(work, bits, calibration, config.per_channel, config.exclude))
+        else:
+            result.model = yield from relay(simulate_activation_quant(work, config.activation_bits, list(calibration),
+                                                                      config.per_channel, weight_bits=bits,
+                                                                      exclude=config.exclude))
         result.kernels = f"fp32 (simulated W{config.bits}A{config.activation_bits})"
     elif config.quant_scheme == "weights-activations":
         result.notes.append(f"{config.bits}-bit: weights rounded; activations stay float")

@@ -118,25 +118,26 @@ def _feeding_conv(modules: dict[str, nn.Module], act_name: str) -> list[str]:
     return names
 
 
-def quantize_int8(model: nn.Module, calibration: Iterable[torch.Tensor], per_channel: bool = True,
-                  exclude: Iterable[str] = (), observer: str = "histogram") -> Iterator[str | nn.Module]:
-    """Post-training static int8 quantization on real kernels.
-
-    A generator: yields progress strings while calibrating, and the converted
-    model last (:func:`float_layers` lists what stays float).  ``model`` is copied,
-    never changed.
-    """
+def _prepare_int8(model: nn.Module, calibration: list[torch.Tensor], per_channel: bool, exclude: Iterable[str],
+                  observer: str, weight_bits: dict[str, int] | None = None
+                  ) -> Iterator[str | tuple[torch.fx.GraphModule, object]]:
+    """Copy, prepare (FX observers) and calibrate ``model`` for 8-bit activations; yields
+    progress, then (prepared model, backend config). ``weight_bits``: weights observed at
+    these widths instead of 8 (simulation of already-rounded low-bit weights)."""
     from torch.ao.quantization import QConfig, get_default_qconfig_mapping
-    from torch.ao.quantization.observer import default_per_channel_weight_observer, default_weight_observer
-    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+    from torch.ao.quantization.observer import (
+        PerChannelMinMaxObserver,
+        default_per_channel_weight_observer,
+        default_weight_observer,
+    )
+    from torch.ao.quantization.quantize_fx import prepare_fx
 
     engine = int8_engine()
     torch.backends.quantized.engine = engine
-    calibration = list(calibration)
     if not calibration:
         raise ValueError("int8 calibration needs at least one image")
     work = copy.deepcopy(model)
-    exclude = set(exclude) | set(_slow_int8_layers(work))
+    exclude = set(exclude)
     relu6_names = _swap_relu6_(work, exclude)
     work.eval()
     weight_obs = default_per_channel_weight_observer if per_channel else default_weight_observer
@@ -144,10 +145,19 @@ def quantize_int8(model: nn.Module, calibration: Iterable[torch.Tensor], per_cha
     mapping = get_default_qconfig_mapping(engine).set_global(qconfig)
     relu6 = QConfig(activation=_activation_observer(observer, relu6=True), weight=weight_obs)
     modules = dict(work.named_modules())
+    feeders = {}
     for name in relu6_names:
         mapping.set_module_name(name, relu6)
         for feeder in _feeding_conv(modules, name):
             mapping.set_module_name(feeder, relu6)
+            feeders[feeder] = True
+    for name, b in (weight_bits or {}).items():
+        if b < 8 and name not in exclude:
+            qmax = 2 ** (b - 1) - 1
+            low = PerChannelMinMaxObserver.with_args(dtype=torch.qint8, qscheme=torch.per_channel_symmetric,
+                                                     quant_min=-qmax, quant_max=qmax)
+            act = _activation_observer(observer, relu6=name in feeders)
+            mapping.set_module_name(name, QConfig(activation=act, weight=low))
     for name in exclude:
         mapping.set_module_name(name, None)
     backend = _backend_config()
@@ -159,9 +169,47 @@ def quantize_int8(model: nn.Module, calibration: Iterable[torch.Tensor], per_cha
     with torch.no_grad():
         for i, x in enumerate(calibration):
             prepared(x)
-            yield f"calibrating int8: {i + 1}/{len(calibration)} images"
+            yield f"calibrating 8-bit activations: {i + 1}/{len(calibration)} images"
+    yield prepared, backend
+
+
+def quantize_int8(model: nn.Module, calibration: Iterable[torch.Tensor], per_channel: bool = True,
+                  exclude: Iterable[str] = (), observer: str = "histogram") -> Iterator[str | nn.Module]:
+    """Post-training static int8 quantization on real kernels.
+
+    A generator: yields progress strings while calibrating, and the converted
+    model last (:func:`float_layers` lists what stays float).  ``model`` is copied,
+    never changed.
+    """
+    from torch.ao.quantization.quantize_fx import convert_fx
+
+    exclude = set(exclude) | set(_slow_int8_layers(model))
+    prepared = backend = None
+    for step in _prepare_int8(model, list(calibration), per_channel, exclude, observer):
+        if isinstance(step, str):
+            yield step
+        else:
+            prepared, backend = step
     yield "converting to int8 kernels"
     yield convert_fx(prepared, backend_config=backend)
+
+
+def simulate_act8(model: nn.Module, weight_bits: dict[str, int], calibration: Iterable[torch.Tensor],
+                  per_channel: bool = True, exclude: Iterable[str] = ()) -> Iterator[str | nn.Module]:
+    """Weights already rounded to ``weight_bits`` (below 8) with 8-bit activations, simulated:
+    the int8 path's observers and patterns (histogram ranges, ReLU6 clamps, conv+BN folded),
+    converted to torch.ao's *reference* model, which quantizes and dequantizes every
+    activation and weight around float kernels. A generator like :func:`quantize_int8`."""
+    from torch.ao.quantization.quantize_fx import convert_to_reference_fx
+
+    prepared = backend = None
+    for step in _prepare_int8(model, list(calibration), per_channel, exclude, "histogram", weight_bits):
+        if isinstance(step, str):
+            yield step
+        else:
+            prepared, backend = step
+    yield "converting to a simulated 8-bit activation model"
+    yield convert_to_reference_fx(prepared, backend_config=backend)
 
 
 def float_layers(model: nn.Module) -> list[str]:

@@ -17,6 +17,7 @@ def save_session(path: str | Path, model: str, source: str | None, current: Opti
     path = Path(path)
     data = {"workbench_session": SESSION_VERSION, "model": model, "source": source,
             "current": current.to_dict(), "tried": reports}
+    path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(data, indent=1, default=str), encoding="utf-8")
     return path

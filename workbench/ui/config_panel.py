@@ -62,7 +62,7 @@ class ConfigPanel(QWidget):
         self.bits_label = QLabel("32 bits (off)")
         self.quant_scheme = _combo("quantSchemeCombo", "Quantization scheme", methods.QUANT_SCHEMES)
         self.quant_scheme.insertItem(0, "", AUTO)
-        self.quant_scheme.addItem("weights + 8-bit activations (below 8 bits)", ACT8)
+        self.quant_scheme.addItem("weights + 8-bit activations", ACT8)
         self.quant_scheme.setCurrentIndex(0)
         self.quant_scheme.setToolTip("Weights only shrink the file; weights + activations at 8 bits also run on "
                                      "faster int8 kernels, and cost a little more accuracy; 4-bit weights with "

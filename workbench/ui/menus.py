@@ -215,6 +215,10 @@ def what_am_i_seeing(window) -> str:
                     "on float kernels (this CPU has no kernels for them). Accuracy and file size are real "
                     "(the file stores the packed codes); the latency is that of float kernels, so no speedup "
                     "is expected from the bit width.")
+            if cfg.activation_bits:
+                what += (f" Activations are rounded to {cfg.activation_bits} bits by quantize steps between "
+                         "the float kernels: those steps make the simulation slower than the original, which "
+                         "real low-bit kernels would not be.")
         else:
             what = f"<b>Real kernels:</b> {html.escape(opt.kernels)}."
         if cfg.sparsity and not cfg.prune_method.startswith("structured"):
