@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Generator, Iterable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -120,9 +120,9 @@ def _feeding_conv(modules: dict[str, nn.Module], act_name: str) -> list[str]:
 
 def _prepare_int8(model: nn.Module, calibration: list[torch.Tensor], per_channel: bool, exclude: Iterable[str],
                   observer: str, weight_bits: dict[str, int] | None = None
-                  ) -> Iterator[str | tuple[torch.fx.GraphModule, object]]:
+                  ) -> Generator[str, None, tuple[torch.fx.GraphModule, object]]:
     """Copy, prepare (FX observers) and calibrate ``model`` for 8-bit activations; yields
-    progress, then (prepared model, backend config). ``weight_bits``: weights observed at
+    progress and returns (prepared model, backend config). ``weight_bits``: weights observed at
     these widths instead of 8 (simulation of already-rounded low-bit weights)."""
     from torch.ao.quantization import QConfig, get_default_qconfig_mapping
     from torch.ao.quantization.observer import (
@@ -170,7 +170,7 @@ def _prepare_int8(model: nn.Module, calibration: list[torch.Tensor], per_channel
         for i, x in enumerate(calibration):
             prepared(x)
             yield f"calibrating 8-bit activations: {i + 1}/{len(calibration)} images"
-    yield prepared, backend
+    return prepared, backend
 
 
 def quantize_int8(model: nn.Module, calibration: Iterable[torch.Tensor], per_channel: bool = True,
@@ -184,12 +184,7 @@ def quantize_int8(model: nn.Module, calibration: Iterable[torch.Tensor], per_cha
     from torch.ao.quantization.quantize_fx import convert_fx
 
     exclude = set(exclude) | set(_slow_int8_layers(model))
-    prepared = backend = None
-    for step in _prepare_int8(model, list(calibration), per_channel, exclude, observer):
-        if isinstance(step, str):
-            yield step
-        else:
-            prepared, backend = step
+    prepared, backend = yield from _prepare_int8(model, list(calibration), per_channel, exclude, observer)
     yield "converting to int8 kernels"
     yield convert_fx(prepared, backend_config=backend)
 
@@ -202,12 +197,8 @@ def simulate_act8(model: nn.Module, weight_bits: dict[str, int], calibration: It
     activation and weight around float kernels. A generator like :func:`quantize_int8`."""
     from torch.ao.quantization.quantize_fx import convert_to_reference_fx
 
-    prepared = backend = None
-    for step in _prepare_int8(model, list(calibration), per_channel, exclude, "histogram", weight_bits):
-        if isinstance(step, str):
-            yield step
-        else:
-            prepared, backend = step
+    prepared, backend = yield from _prepare_int8(model, list(calibration), per_channel, exclude, "histogram",
+                                                 weight_bits)
     yield "converting to a simulated 8-bit activation model"
     yield convert_to_reference_fx(prepared, backend_config=backend)
 
