@@ -472,7 +472,7 @@ def _layer_loss(dW: torch.Tensor, H: torch.Tensor, G: torch.Tensor, kind: str) -
 
 
 def prepare_steps(model: nn.Module, calibration: Sequence[torch.Tensor], exclude: Sequence[str] = (),
-                  cache_dir: Path | None = None, *, flips: bool = False, fisher_images: int | None = 16,
+                  cache_dir: Path | None = None, *, flips: bool = True, fisher_images: int | None = 16,
                   depthwise_images: int = 16,
                   damp: float = 0.01, batch_size: int = 8, row_fisher: bool = False,
                   probe_images: int = 4, probe_levels: Sequence[int] = (8, 16),
@@ -482,7 +482,8 @@ def prepare_steps(model: nn.Module, calibration: Sequence[torch.Tensor], exclude
     the database. ``model`` is not changed. Stops cleanly, writing nothing, when the
     consumer stops iterating. ``exclude``: layer names that stay dense.
 
-    ``flips``: add mirror images as views (more Hessian rows, about 15 s more on 2 cores);
+    ``flips``: add mirror images as views (twice the Hessian rows; on EfficientNet-Lite0 at 50 %
+    top-1 -3.5 points instead of -6.2 with 128 images, -15.7 instead of -18.7 with 32);
     ``fisher_images``: how many of the views also get a backward pass for the Fisher
     weights (None: all); ``probe_images`` / ``probe_levels``: images and level indices of
     the measured points that scale each layer's loss curve (0 images: no probes); ``depthwise_images``: how many give the depthwise layers' Hessians
