@@ -24,8 +24,8 @@ from .quantize import (
     float_layers,
     int8_engine,
     quantize_int8,
-    simulate_activation_quant,
     simulate_act8,
+    simulate_activation_quant,
     simulate_weight_quant_,
 )
 
