@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .locks import running
-from .recover import layer_inputs
+from .recover import layer_inputs, random_crop_flip
 
 
 @dataclass
@@ -156,15 +156,8 @@ def augmented_views(images: Sequence[torch.Tensor], views: int, seed: int = 0) -
         out.append(x)
         if views > 1:
             out.append(torch.flip(x, [3]))
-        h, w = x.shape[-2:]
         for _ in range(views - 2):
-            scale = 0.6 + 0.4 * torch.rand(1, generator=gen).item()
-            ch, cw = max(1, int(h * scale)), max(1, int(w * scale))
-            top = int(torch.randint(0, h - ch + 1, (1,), generator=gen))
-            left = int(torch.randint(0, w - cw + 1, (1,), generator=gen))
-            v = F.interpolate(x[..., top:top + ch, left:left + cw], size=(h, w), mode="bilinear",
-                              align_corners=False)
-            out.append(torch.flip(v, [3]) if torch.rand(1, generator=gen).item() < 0.5 else v)
+            out.append(random_crop_flip(x, gen))
     return out
 
 

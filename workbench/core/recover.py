@@ -165,7 +165,7 @@ def bias_correct_(model: nn.Module, original_weights: dict[str, torch.Tensor],
             m.bias.sub_(shift)
 
 
-def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+def random_crop_flip(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """A random crop (60-100 % of the side, resized back) of each image, mirrored at random."""
     out = []
     h, w = x.shape[-2:]
@@ -219,7 +219,7 @@ def distill_steps(student: nn.Module, teacher: nn.Module, images: Sequence[torch
             if len(order) < batch_size:
                 order += torch.randperm(len(train), generator=gen).tolist()
             idx, order = order[:batch_size], order[batch_size:]
-            x = _augment(torch.cat([train[i] for i in idx]), gen)
+            x = random_crop_flip(torch.cat([train[i] for i in idx]), gen)
             with torch.no_grad(), running():
                 target = F.softmax(teacher(x) / temperature, 1)
             with running():
