@@ -3,9 +3,10 @@ BatchNorm re-estimation (today's default) against the OBC-style database + DP of
 ``workbench.core.prune_obc``, at 50 % and 70 % of all conv + linear weights zeroed.
 
 Split of the shared ImageNet sample (500 photos): files sorted, shuffled with
-``random.Random(0)``; the first 128 calibrate (never scored), the other 372 are scored.
+``random.Random(seed)`` (``--seed``, default 0; docs report seeds 0, 1, 2); the first 128
+calibrate (never scored), the other 372 are scored.
 
-    python benchmarks/prune_accuracy.py [--data DIR] [--threads 1] [--cache DIR]
+    python benchmarks/prune_accuracy.py [--data DIR] [--threads 1] [--cache DIR] [--seed 0]
 """
 
 from __future__ import annotations
@@ -43,10 +44,10 @@ def cpu_name() -> str:
     return platform.processor() or "unknown"
 
 
-def split(folder: Path, loaded):
+def split(folder: Path, loaded, seed: int = 0):
     src = open_source(folder)
     order = list(range(len(src.files)))  # ImageFolderSource lists its files sorted
-    random.Random(0).shuffle(order)
+    random.Random(seed).shuffle(order)
     calib, xs, ys = [], [], []
     for j, i in enumerate(order):
         frame = src.frame(i)
@@ -80,14 +81,15 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--cache", default=None, help="database cache folder (default: a fresh temporary one)")
     ap.add_argument("--sparsity", type=float, nargs="+", default=[0.5, 0.7])
+    ap.add_argument("--seed", type=int, default=0, help="shuffle seed of the calibration / scoring split")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
     loaded = load_model("efficientnet_lite0")
     model = loaded.model.eval()
-    calib, x, y = split(Path(args.data), loaded)
+    calib, x, y = split(Path(args.data), loaded, args.seed)
     print(f"CPU: {cpu_name()}; torch threads: {torch.get_num_threads()}; "
-          f"calibration {len(calib)} images, scored {len(x)} images")
+          f"calibration {len(calib)} images, scored {len(x)} images (split seed {args.seed})")
     acc_float = top1(model, x, y)
     print(f"float top-1: {acc_float:.4f}")
 

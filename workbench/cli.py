@@ -66,7 +66,7 @@ def _compare_parser(sub) -> None:
     p.add_argument("--exclude", action="append", default=[], help="layer name to leave alone (repeatable)")
     p.add_argument("--layer-bits", action="append", default=[], metavar="LAYER=BITS",
                    help="a layer's own bit width (repeatable)")
-    p.add_argument("--calibration", type=int, default=None, help="calibration images (default: 32)")
+    p.add_argument("--calibration", type=int, default=None, help="calibration images (default: 128)")
     p.add_argument("--runs", type=int, default=None, help="timed runs for latency (default: 30)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     p.add_argument("--out", default=None, help="folder for the model files whose size is reported")

@@ -28,7 +28,7 @@ def add_parsers(sub) -> None:
         p.add_argument("--limit", type=int, default=None, help="use at most N images")
 
     def measure_options(p) -> None:
-        p.add_argument("--calibration", type=int, default=None, help="calibration images (default: 32)")
+        p.add_argument("--calibration", type=int, default=None, help="calibration images (default: 128)")
         p.add_argument("--runs", type=int, default=None, help="timed runs for latency (default: 30)")
 
     s = sub.add_parser("sweep", help="measure every sparsity x bits combination (or search a budget); "

@@ -103,7 +103,7 @@ def accuracy_rows(images: str, limit: int | None = None, recover_seconds: float 
     loaded = load_model("efficientnet_lite0")
     source = open_source(images, limit)
     frames = list(source)
-    calibration = [loaded.preprocess(f.rgb) for f in frames[:32]]
+    calibration = [loaded.preprocess(f.rgb) for f in frames[:MeasureSettings().calibration_images]]
     structured, _ = structured_for_mac_cut(loaded.model, 0.30, calibration, round_to=1)
     targets = [
         ("float", OptimizationConfig()),

@@ -186,12 +186,13 @@ class MeasureSettings:
 
     calibration_images: the first N images of the source calibrate quantization, BatchNorm
         re-estimation and reconstruction; they are scored like the rest (the benchmarks
-        calibrate on images they do not score).
+        calibrate on images they do not score). 128, as in every accuracy figure of
+        docs/benchmarks.md: the pruning database built on 32 lost 10 more points at 50 %.
     latency_runs / warmup: timed and untimed batch-1 runs; the median and p90 are reported.
     threads: torch threads while timing (None: torch's default, all cores).
     """
 
-    calibration_images: int = 32
+    calibration_images: int = 128
     latency_runs: int = 30
     warmup: int = 5
     threads: int | None = None

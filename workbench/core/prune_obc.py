@@ -62,7 +62,7 @@ from torch import nn
 from .files import atomic_path
 from .locks import running
 
-DB_VERSION = 6
+DB_VERSION = 7
 LEVELS = tuple(i / 20 for i in range(20))  # 0 %, 5 %, ..., 95 %
 DP_UNITS = 20000  # budget resolution of the dynamic program (units over all weights)
 # kept dense by default: depthwise and dense k x k convolutions (the stem). Measured on
@@ -474,7 +474,7 @@ def _layer_loss(dW: torch.Tensor, H: torch.Tensor, G: torch.Tensor, kind: str) -
 def prepare_steps(model: nn.Module, calibration: Sequence[torch.Tensor], exclude: Sequence[str] = (),
                   cache_dir: Path | None = None, *, flips: bool = True, fisher_images: int | None = 16,
                   depthwise_images: int = 16,
-                  damp: float = 0.01, batch_size: int = 8, row_fisher: bool = False,
+                  damp: float = 0.1, linear_damp: float = 1.0, batch_size: int = 8, row_fisher: bool = False,
                   probe_images: int = 4, probe_levels: Sequence[int] = (8, 16),
                   probe_kinds: Sequence[str] = ("pointwise", "linear")) -> Iterator[str | PruneDatabase]:
     """Build (or load from ``cache_dir``) the :class:`PruneDatabase` of ``model`` for these
@@ -487,8 +487,13 @@ def prepare_steps(model: nn.Module, calibration: Sequence[torch.Tensor], exclude
     ``fisher_images``: how many of the views also get a backward pass for the Fisher
     weights (None: all); ``probe_images`` / ``probe_levels``: images and level indices of
     the measured points that scale each layer's loss curve (0 images: no probes); ``depthwise_images``: how many give the depthwise layers' Hessians
-    (each is only k*k wide)."""
-    key = fingerprint(model, calibration, exclude, f"flips={flips} fisher={fisher_images} damp={damp} rowf={row_fisher} dw={depthwise_images} "
+    (each is only k*k wide). ``damp`` / ``linear_damp``: the dampening added to the Hessian's
+    diagonal, as a fraction of its mean, for conv and for linear layers. The OBS updates
+    learn the calibration images: on three splits of the shared photos (128 calibrate, 372
+    scored) the old 0.01 everywhere gave -3.5 / -11.6 / -7.3 points at 50 %, 0.1 with 1.0
+    for the classifier (its pooled inputs have fewer rows than it has inputs) -5.4 / -6.7 /
+    -5.1, and -38.0 instead of -42.2 on average at 70 %."""
+    key = fingerprint(model, calibration, exclude, f"flips={flips} fisher={fisher_images} damp={damp},{linear_damp} rowf={row_fisher} dw={depthwise_images} "
                                                   f"probe={probe_images},{sorted(probe_levels)},{sorted(probe_kinds)}")
     path = Path(cache_dir) / f"prune-obc-{key}.pt" if cache_dir is not None else None
     if path is not None and path.is_file():
@@ -578,7 +583,7 @@ def prepare_steps(model: nn.Module, calibration: Sequence[torch.Tensor], exclude
             Wm = W0.reshape(W0.shape[0], -1)
         else:
             Wm = W0.reshape(W0.shape[0], -1)
-        U, dead = _inverse_upper(H, damp)
+        U, dead = _inverse_upper(H, linear_damp if kind == "linear" else damp)
         Uf = U.float()
         Gf = r.float()
         zeros, losses, masks, values = [int((W0 == 0).sum())], [0.0], [None], [None]
