@@ -3,6 +3,7 @@
 import copy
 import random
 
+import numpy as np
 import pytest
 import torch
 from conftest import TinyNet
@@ -123,6 +124,24 @@ def test_prepare_does_not_change_the_model(tiny, tiny_inputs):
     assert all(torch.equal(v, tiny.state_dict()[k]) for k, v in state.items())
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in tiny.modules())
     assert all(p.grad is None for p in tiny.parameters())
+
+
+def test_linear_dampening_changes_only_the_linear_layers(tiny, tiny_inputs, db):
+    """``linear_damp`` regularizes the classifier's OBS updates and leaves the conv tables as
+    they were; a larger dampening moves the kept weights less from their original values."""
+    other = prepare(tiny, tiny_inputs, linear_damp=0.01)
+    linear = {n for n, t in db.tables.items() if t.kind == "linear"}
+    assert linear and db.key != other.key
+    for name, table in db.tables.items():
+        k = 10  # the 50 % level
+        a, b = table.values[k].float(), other.tables[name].values[k].float()
+        if name in linear:
+            original = _conv_linear(tiny)[name].weight.detach().flatten()
+            keep_a = torch.from_numpy(np.unpackbits(table.masks[k], count=table.numel).astype(bool))
+            keep_b = torch.from_numpy(np.unpackbits(other.tables[name].masks[k], count=table.numel).astype(bool))
+            assert (a - original[keep_a]).abs().mean() < (b - original[keep_b]).abs().mean()
+        else:
+            assert torch.equal(a, b)
 
 
 def test_pruned_model_stays_close_at_moderate_sparsity(tiny, tiny_inputs, db):
