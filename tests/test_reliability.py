@@ -260,8 +260,10 @@ def test_a_folder_deleted_or_files_replaced_while_read(tmp_path):
 @pytest.mark.gui
 def test_window_keeps_what_it_read_when_the_folder_is_deleted(qtbot, tmp_path, monkeypatch):
     from workbench.core import session
+    from workbench.core.config import MeasureSettings
 
-    folder = _folder(tmp_path / "photos", 60)
+    total = MeasureSettings().calibration_images + 60  # more than the first read (the calibration images)
+    folder = _folder(tmp_path / "photos", total)
     real = session.Workspace.read_frames
 
     calls = []
@@ -278,7 +280,7 @@ def test_window_keeps_what_it_read_when_the_folder_is_deleted(qtbot, tmp_path, m
     w = _open(qtbot, source=str(folder))
     qtbot.waitUntil(lambda: "deleted or emptied" in _status(w), timeout=LONG)
     n = len(w.controller.ws.frames)
-    assert 0 < n < 60 and f"showing the {n} images" in _status(w)
+    assert 0 < n < total and f"showing the {n} images" in _status(w)
     w.next_button.click()
     qtbot.waitUntil(lambda: w.controller.index == 1)
     w.close()
