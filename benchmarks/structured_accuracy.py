@@ -1,8 +1,8 @@
 """Structured pruning of EfficientNet-Lite0's hidden channels: top-1 and speed.
 
-    python benchmarks/structured_accuracy.py [--images DIR] [--targets 0.7 0.5] [--recover-seconds 0]
+    python benchmarks/structured_accuracy.py [--images DIR] [--targets 0.7 0.5] [--recover-seconds 0] [--seed 0]
 
-Images: sorted, shuffled with random.Random(0); the first ``--calibration`` (128) are the
+Images: sorted, shuffled with random.Random(seed) (``--seed``, default 0); the first ``--calibration`` (128) are the
 calibration images (never scored), the rest are scored. Prints one row per target and
 variant (least-squares reconstruction or not), with the run time, and realized /
 theoretical speedup (latency ratio over MAC ratio) at 1 and 2 threads.
@@ -71,6 +71,7 @@ def main(argv=None) -> None:
     p.add_argument("--views", type=int, default=4)
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     p.add_argument("--latency-runs", type=int, default=30)
+    p.add_argument("--seed", type=int, default=0, help="shuffle seed of the calibration / scoring split")
     p.add_argument("--no-plain", action="store_true", help="skip the variant without least squares")
     p.add_argument("--recover-seconds", type=float, default=0.0,
                    help="then distil from the original on augmented calibration images for this long")
@@ -79,7 +80,7 @@ def main(argv=None) -> None:
 
     loaded = load_model("efficientnet_lite0")
     frames = sorted(open_source(args.images), key=lambda f: f.origin)
-    random.Random(0).shuffle(frames)
+    random.Random(args.seed).shuffle(frames)
     calibration = [loaded.preprocess(f.rgb) for f in frames[:args.calibration]]
     scored = frames[args.calibration:]
     inputs = torch.cat([loaded.preprocess(f.rgb) for f in scored])
@@ -89,7 +90,8 @@ def main(argv=None) -> None:
     base_macs = count_macs(loaded.model, example)
 
     print(f"CPU: {cpu_name()}; torch {torch.__version__}; EfficientNet-Lite0")
-    print(f"calibration: {len(calibration)} images x {args.views} views; scored: {len(scored)} other images")
+    print(f"calibration: {len(calibration)} images x {args.views} views; scored: {len(scored)} other images "
+          f"(split seed {args.seed})")
     print(f"float top-1 {base_top1:.4f}, {base_macs / 1e6:.1f} M MACs")
     header = (f"{'target':>6} {'variant':<22} {'MACs kept':>9} {'top-1':>7} {'drop pts':>8} {'run s':>6} "
               + " ".join(f"{f'{t}T float/pruned ms':>20} {f'{t}T real/theo':>12}" for t in args.threads))

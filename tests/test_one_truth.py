@@ -49,6 +49,7 @@ def _assert_same(report: dict, cli: dict) -> None:
     assert report["optimized"]["agreement"] == cli["optimized"]["agreement"]
     assert report["config"] == cli["config"]
     assert report["images"] == cli["images"] and report["labelled"] == cli["labelled"]
+    assert report["scored"] == cli["scored"]
 
 
 @pytest.mark.gui
@@ -82,6 +83,35 @@ def test_report_matches_compare_on_shared_photos(qtbot, imagenet_sample, tmp_pat
     qtbot.waitUntil(lambda: w.report() is not None and w.report()["config"]["bits"] == 4, timeout=LONG)
     _assert_same(w.report(), _run(w.controller.command()))
     w.close()
+
+
+@pytest.mark.data
+def test_accuracy_counts_only_the_images_after_the_calibration_images(imagenet_sample, tmp_path):
+    from workbench.core import session
+    from workbench.core.compare import MIN_HELD_OUT, scored_from
+    from workbench.core.config import MeasureSettings
+    from workbench.core.measure import predict
+
+    assert scored_from(8 + MIN_HELD_OUT, 8) == 8 and scored_from(7 + MIN_HELD_OUT, 8) == 0
+    subset = tmp_path / "sixty"
+    subset.mkdir()
+    for p in sorted(imagenet_sample.iterdir())[:62]:
+        (subset / p.name).symlink_to(p)
+    cli = _run(f"python -m workbench compare --images {shlex.quote(str(subset))} --bits 8 --calibration 4 --json")
+    assert cli["images"] == 62 and cli["scored"] == {"first": 4, "images": 58, "labelled": 58,
+                                                     "calibration_included": False}
+    # the same figure computed here on frames 5..62 only
+    ws = None
+    for step in session.load_workspace("efficientnet_lite0", str(subset), MeasureSettings(calibration_images=4),
+                                       first=62):
+        ws = step if not isinstance(step, str) else ws
+    probs = predict(ws.loaded.model, ws.inputs[4:])
+    assert cli["original"]["top1"] == probs.accuracy(ws.labels[4:])[0]
+    # the window's running evaluation counts the same frames and still predicts all of them
+    steps = list(session.evaluate_steps(ws, ws.loaded.model, 4))
+    assert [p.done for p in steps] == list(range(1, 59)) + [58]
+    assert steps[-1].labelled == 58 and steps[-1].top1("original") == pytest.approx(cli["original"]["top1"])
+    assert steps[-1].final[0].probs.shape[0] == 62 and all(p.final is None for p in steps[:-1])
 
 
 @pytest.mark.gui

@@ -130,6 +130,8 @@ def _fmt_bytes(n: int) -> str:
 
 
 def _table(report: dict) -> str:
+    from .core.compare import scored_text
+
     o, q = report["original"], report["optimized"]
 
     def pct(v):
@@ -153,6 +155,7 @@ def _table(report: dict) -> str:
              f"({report['labelled']} labelled), {report['threads']} threads, {report['machine']['cpu']}",
              f"{'':{width}}  {'original':>24}  {'optimized':>24}"]
     lines += [f"{a:{width}}  {b:>24}  {c:>24}" for a, b, c in rows]
+    lines.append(f"accuracy over {scored_text(report['scored'])}")
     lines.append(f"what ran: {q['description']}")
     if q.get("methods"):
         lines.append("accuracy methods: " + ", ".join(q["methods"]))

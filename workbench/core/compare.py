@@ -84,11 +84,34 @@ def paired_latency(loaded: LoadedModel, opt: OptimizedModel, example: torch.Tens
     return original, optimized
 
 
+MIN_HELD_OUT = 50  # frames after the calibration images needed to score only those
+
+
+def scored_from(frames: int, calibration_images: int) -> int:
+    """Index of the first frame whose predictions count in the accuracy figures: the frames
+    after the ones that calibrate (the first ``calibration_images``), when at least
+    :data:`MIN_HELD_OUT` of them remain; otherwise 0, all frames, the calibration images included
+    (the optimized model was fitted to those, so its figures on them are optimistic)."""
+    return calibration_images if frames - calibration_images >= MIN_HELD_OUT else 0
+
+
+def scored_text(scored: dict) -> str:
+    """The frames the accuracy figures count (the report's ``scored``), in words."""
+    if scored["calibration_included"]:
+        return f"all {scored['images']} images, the calibration images included"
+    return f"the {scored['images']} images after the {scored['first']} that calibrate"
+
+
 def build_report(loaded: LoadedModel, opt: OptimizedModel, settings: MeasureSettings, *, source_name: str,
                  labels: Sequence[int | None], skipped: list[dict], original: dict, optimized: dict,
                  ref: Predictions, new: Predictions) -> dict:
     """The report of ``compare --json`` (and of the window's ``report()``), from the figures
-    of :func:`original_figures` / :func:`optimized_figures` and both models' predictions."""
+    of :func:`original_figures` / :func:`optimized_figures` and both models' predictions (of
+    every frame, in order). Top-1, top-5, agreement and KL are over the frames from
+    :func:`scored_from` on (``scored``)."""
+    start = scored_from(len(labels), settings.calibration_images)
+    all_labels = labels
+    labels, ref, new = labels[start:], Predictions(ref.probs[start:]), Predictions(new.probs[start:])
     top1, top5 = ref.accuracy(labels)
     original = {"top1": top1, "top5": top5, **original}
     top1, top5 = new.accuracy(labels)
@@ -98,8 +121,11 @@ def build_report(loaded: LoadedModel, opt: OptimizedModel, settings: MeasureSett
                  "float_fallback": opt.float_fallback, "notes": opt.notes, "methods": opt.methods,
                  "allocation": opt.allocation}
     return {"model": loaded.display_name, "random_weights": loaded.random_weights,
-            "source": source_name, "config": config_block(opt.config, settings), "images": len(labels),
-            "labelled": sum(y is not None for y in labels), "skipped": skipped,
+            "source": source_name, "config": config_block(opt.config, settings), "images": len(all_labels),
+            "labelled": sum(y is not None for y in all_labels),
+            "scored": {"first": start, "images": len(labels), "labelled": sum(y is not None for y in labels),
+                       "calibration_included": start == 0},
+            "skipped": skipped,
             "threads": torch.get_num_threads(), "machine": machine(), "original": original, "optimized": optimized}
 
 

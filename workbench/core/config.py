@@ -185,8 +185,8 @@ class MeasureSettings:
     """How a comparison is measured; the CLI, the window and every benchmark use one value.
 
     calibration_images: the first N images of the source calibrate quantization, BatchNorm
-        re-estimation and reconstruction; they are scored like the rest (the benchmarks
-        calibrate on images they do not score). 128, as in every accuracy figure of
+        re-estimation and reconstruction; they are scored only when fewer than
+        ``compare.MIN_HELD_OUT`` images follow them (the report's ``scored`` says). 128, as in every accuracy figure of
         docs/benchmarks.md: the pruning database built on 32 lost 10 more points at 50 %.
     latency_runs / warmup: timed and untimed batch-1 runs; the median and p90 are reported.
     threads: torch threads while timing (None: torch's default, all cores).

@@ -232,17 +232,23 @@ class EvalProgress:
 EVAL_SEED = 0
 
 
-def evaluate_steps(ws: Workspace, optimized_model) -> Iterator[EvalProgress]:
+def evaluate_steps(ws: Workspace, optimized_model, calibration_images: int) -> Iterator[EvalProgress]:
     """Both models over every frame read so far; the original's results are cached, so after
-    a change only the optimized model runs. The frames go in one fixed shuffled order (seed
-    EVAL_SEED), so the running estimate is not biased by the folder's order (folders sorted
-    by class); the final predictions are in frame order."""
+    a change only the optimized model runs. The frames that count (``compare.scored_from``:
+    those after the first ``calibration_images`` when enough remain) go first, in one fixed
+    shuffled order (seed EVAL_SEED), so the running estimate is not biased by the folder's
+    order (folders sorted by class); the calibration frames follow without progress. The
+    final predictions are of every frame, in frame order."""
     import random
+
+    from .compare import scored_from
 
     orig_hits = opt_hits = labelled = agree = 0
     n = len(ws.inputs)
-    order = list(range(n))
+    start = scored_from(n, calibration_images)
+    order = list(range(start, n))
     random.Random(EVAL_SEED).shuffle(order)
+    order += list(range(start))
     ref_probs, new_probs = [None] * n, [None] * n
     for k, i in enumerate(order):
         ref = ws.original_preds.get(i)
@@ -250,14 +256,18 @@ def evaluate_steps(ws: Workspace, optimized_model) -> Iterator[EvalProgress]:
             ref = ws.original_preds[i] = predict_one(ws.loaded.model, ws.inputs[i])
         new = predict_one(optimized_model, ws.inputs[i])
         ref_probs[i], new_probs[i] = ref.probs, new.probs
-        label = ws.frames[i].label
-        if label is not None:
-            labelled += 1
-            orig_hits += ref.top1 == label
-            opt_hits += new.top1 == label
-        agree += ref.top1 == new.top1
+        if i < start:
+            if k < n - 1:
+                continue
+        else:
+            label = ws.frames[i].label
+            if label is not None:
+                labelled += 1
+                orig_hits += ref.top1 == label
+                opt_hits += new.top1 == label
+            agree += ref.top1 == new.top1
         final = (Predictions(torch.stack(ref_probs)), Predictions(torch.stack(new_probs))) if k == n - 1 else None
-        yield EvalProgress(k + 1, n, orig_hits, opt_hits, labelled, agree, final)
+        yield EvalProgress(min(k + 1, n - start), n - start, orig_hits, opt_hits, labelled, agree, final)
 
 
 def differences(ws: Workspace, final: tuple[Predictions, Predictions]) -> list[dict]:

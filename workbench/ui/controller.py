@@ -313,7 +313,7 @@ class Controller(QObject):
             return
         self._evaluation = measured
         self.evaluation_started.emit(ws.labelled)
-        self.runner.submit("evaluate", evaluate_steps, ws, measured.optimized.model,
+        self.runner.submit("evaluate", evaluate_steps, ws, measured.optimized.model, self.settings.calibration_images,
                            on_progress=self._on_eval_progress, on_error=self._on_error)
 
     def _on_eval_progress(self, p) -> None:
@@ -325,9 +325,11 @@ class Controller(QObject):
             self.tried[self.measured_result.optimized.config] = self._report
             from ..core.session import differences
 
-            self.differences_ready.emit(differences(self.ws, p.final), p.total)
+            self.differences_ready.emit(differences(self.ws, p.final), len(p.final[0].probs))
             self.report_ready.emit(self._report)
-            self._say(f"evaluated {p.done} images: agreement {p.agreement:.1%}"
+            from ..core.compare import scored_text
+
+            self._say(f"evaluated {scored_text(self._report['scored'])}: agreement {p.agreement:.1%}"
                       + (f", top-1 {p.top1('original'):.1%} → {p.top1('optimized'):.1%}" if p.labelled else ""))
 
     # status -------------------------------------------------------------------------------

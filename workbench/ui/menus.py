@@ -227,6 +227,7 @@ def what_am_i_seeing(window) -> str:
         elif cfg.sparsity:
             what += " Structured pruning removes whole channels: the model is really smaller and faster."
         now = f"<p><b>Now:</b> {html.escape(cfg.label())}. {what}</p>"
+    from ..core.compare import MIN_HELD_OUT
     from ..core.process import timing_threads
 
     threads = s.threads or timing_threads() or "all"
@@ -244,8 +245,10 @@ a 95 % Wilson interval; on unlabelled images, how often the optimized model agre
 original. Live: agreement on the frames both models saw.</li>
 <li><b>Trade-off</b>: each configuration tried, at its measured latency and accuracy; the size of a
 point is its file size. Click one to go back to it.</li>
-<li><b>Calibration</b>: quantization and BatchNorm re-estimation use the first
-{s.calibration_images} images of the source.</li>
+<li><b>Calibration</b>: quantization, pruning and BatchNorm re-estimation use the first
+{s.calibration_images} images of the source. When at least {MIN_HELD_OUT} more follow, accuracy and
+agreement count only those that follow (the optimized model was fitted to the first ones); with
+fewer, all images count and the status line says the calibration images are included.</li>
 </ul>
 <p>The command line gives the same numbers: File → Copy as command puts the command on the
 clipboard. Help → About lists the versions.</p>"""
