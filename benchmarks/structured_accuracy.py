@@ -69,6 +69,7 @@ def main(argv=None) -> None:
     p.add_argument("--targets", type=float, nargs="+", default=[0.7])
     p.add_argument("--calibration", type=int, default=128)
     p.add_argument("--views", type=int, default=4)
+    p.add_argument("--round-to", type=int, default=16, help="kept hidden channels are multiples of this (the product: 16)")
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     p.add_argument("--latency-runs", type=int, default=30)
     p.add_argument("--seed", type=int, default=0, help="shuffle seed of the calibration / scoring split")
@@ -98,13 +99,15 @@ def main(argv=None) -> None:
     print(header)
     for target in args.targets:
         start = time.monotonic()
-        result = prune_hidden_channels(loaded.model, target, calibration, views=args.views)
+        result = prune_hidden_channels(loaded.model, target, calibration, views=args.views,
+                                       round_to=args.round_to)
         seconds = time.monotonic() - start
         rows = [("least squares", result, seconds)]
         if not args.no_plain:
             start = time.monotonic()
             plain = prune_hidden_channels(loaded.model, target, calibration, views=args.views,
-                                          allocation=result["allocation"], reconstruct=False)
+                                          allocation=result["allocation"], reconstruct=False,
+                                          round_to=args.round_to)
             rows.append(("sliced + BN re-est.", plain, time.monotonic() - start))
         for label, res, secs in rows:
             model = res["model"]

@@ -181,3 +181,23 @@ def test_packed_file_reproduces_gptq_weights(tiny, tiny_inputs, tmp_path):
         codes = codes.reshape(w.shape[0], -1)
         back = codes * arrays[f"{name}.weight:scale"][:, None]
         np.testing.assert_allclose(back, w.reshape(w.shape[0], -1).numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_bit_allocation_measures_sensitivity_on_its_share_of_the_calibration_images(tiny, tiny_inputs, monkeypatch):
+    """Mixed precision below 8 bits probes each layer on BITS_SENSITIVITY_IMAGES images (8 made
+    the allocation follow the images it saw), pruning sensitivity on SENSITIVITY_IMAGES."""
+    from workbench.core import optimize as optimize_module
+    from workbench.core import sensitivity
+
+    seen = []
+    real = sensitivity.sensitivity_steps
+
+    def counting(model, calibration, *args, **kwargs):
+        seen.append(len(calibration))
+        yield from real(model, calibration, *args, **kwargs)
+
+    monkeypatch.setattr(sensitivity, "sensitivity_steps", counting)
+    images = [tiny_inputs[i % len(tiny_inputs)] + 0.01 * i for i in range(80)]
+    optimize(tiny, OptimizationConfig(bits=4, quant_scheme="weights"), images)
+    optimize(tiny, OptimizationConfig(sparsity=0.5, prune_method="unstructured-sensitivity"), images)
+    assert seen == [optimize_module.BITS_SENSITIVITY_IMAGES, optimize_module.SENSITIVITY_IMAGES] == [64, 8]

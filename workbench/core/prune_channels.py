@@ -43,6 +43,11 @@ from torch import nn
 from .locks import running
 from .recover import layer_inputs, random_crop_flip
 
+# kept hidden channels are multiples of this. EfficientNet-Lite0 at 70 % of MACs, 2 threads, on an
+# Intel Xeon with AVX-512 (16 floats a vector), three splits: realized / theoretical speedup
+# 0.82 / 0.76 / 0.81 with multiples of 8, 0.86 / 0.86 / 0.83 with 16; top-1 -7.8 and -7.5 points.
+HIDDEN_MULTIPLE = 16
+
 
 @dataclass
 class HiddenGroup:
@@ -410,7 +415,7 @@ def allocate_channels(groups: list[HiddenGroup], losses: dict[str, dict[int, flo
 
 
 def prune_hidden_channels_steps(model: nn.Module, target_macs: float, calibration: Sequence[torch.Tensor],
-                                round_to: int = 8, exclude: Sequence[str] = (), *, reconstruct: bool = True,
+                                round_to: int = HIDDEN_MULTIPLE, exclude: Sequence[str] = (), *, reconstruct: bool = True,
                                 compensate: bool = True, views: int = 4, sensitivity_images: int = 32,
                                 fractions: Sequence[float] = (0.75, 0.5, 0.25), damp: float = 0.05,
                                 prior: bool = True, refit_unpruned: bool = False, batch_size: int = 16,

@@ -301,6 +301,7 @@ def sensitivity_job(ws: Workspace, config: OptimizationConfig) -> Iterator[str |
     {"probe": text, "layers": {name: LayerSensitivity}}."""
     import copy
 
+    from .optimize import BITS_SENSITIVITY_IMAGES, SENSITIVITY_IMAGES
     from .sensitivity import sensitivity_steps
 
     if config.simulated and config.bits < 16:
@@ -310,7 +311,8 @@ def sensitivity_job(ws: Workspace, config: OptimizationConfig) -> Iterator[str |
         kind, value, probe = "prune", sparsity, f"pruned to {sparsity:.0%}"
     work = copy.deepcopy(ws.loaded.model).eval()
     key = id(ws.loaded.model) if kind == "prune" else (id(ws.loaded.model), 0.0, config.prune_method)
-    for step in sensitivity_steps(work, ws.calibration(8), kind, value, config.exclude, key=key):
+    images = ws.calibration(BITS_SENSITIVITY_IMAGES if kind == "bits" else SENSITIVITY_IMAGES)
+    for step in sensitivity_steps(work, images, kind, value, config.exclude, key=key):
         if isinstance(step, str):
             yield step
         else:
