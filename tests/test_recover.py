@@ -1,5 +1,6 @@
 """The accuracy-keeping methods, each on a tiny model: does it change what it should, and only that."""
 
+import contextlib
 import copy
 
 import pytest
@@ -106,6 +107,55 @@ def test_sensitivity_restores_the_model_and_allocations_meet_targets(tiny, tiny_
     bits = allocate_bits(sens_b, 4, 4, fixed={"stem.0": 8})
     mean = sum(bits[n] * sens_b[n].params for n in sens_b) / total
     assert mean <= 4 + 1e-9 and bits["stem.0"] == 8 and len(set(bits.values())) > 1
+
+
+def test_sensitivity_skips_the_unchanged_prefix_and_gets_the_same_figures(tiny, tiny_inputs, monkeypatch):
+    """Stages in front of the probed layer return their recorded outputs (the model-level
+    residual of the tiny net included); the figures equal full forward passes, only the rest
+    of the network runs, and every module is back in place afterwards."""
+    from workbench.core import sensitivity
+
+    modules = dict(tiny.named_modules())
+    ran = []
+    handles = [m.register_forward_hook(lambda m, i, o, n=n: ran.append(n)) for n, m in modules.items()
+               if isinstance(m, (nn.Conv2d, nn.Linear))]
+    *_, fast = sensitivity.sensitivity_steps(tiny, tiny_inputs[:8], "bits", 3, key="prefix")
+    probe_runs = ran[5:]  # after the reference pass over the five layers
+    for h in handles:
+        h.remove()
+    assert dict(tiny.named_modules()) == modules
+    # a probe runs the probed layer and what follows it: body.0 runs for stem.0's probe and its own
+    assert probe_runs.count("stem.0") == 1 and probe_runs.count("body.0") == 2 and probe_runs.count("fc") == 5
+    monkeypatch.setattr(sensitivity, "_prefix_cached", lambda *a: contextlib.nullcontext())
+    *_, full = sensitivity.sensitivity_steps(tiny, tiny_inputs[:8], "bits", 3, key="full")
+    assert fast.keys() == full.keys()
+    for n in full:
+        assert fast[n].kl == pytest.approx(full[n].kl, rel=1e-4, abs=1e-9)
+        assert fast[n].agreement == full[n].agreement
+
+
+class _AddsInPlace(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(8, 8, 3, padding=1)
+        self.b = nn.Conv2d(8, 8, 1)
+
+    def forward(self, x):
+        return x.add_(self.b(self.a(x)))  # changes its input: a recorded output, when probed
+
+
+def test_sensitivity_survives_stages_that_change_their_input_in_place(monkeypatch):
+    from workbench.core import sensitivity
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), _AddsInPlace(), _AddsInPlace(), nn.AdaptiveAvgPool2d(1),
+                          nn.Flatten(), nn.Linear(8, 5)).eval()
+    images = [torch.randn(1, 3, 12, 12) for _ in range(6)]
+    *_, fast = sensitivity.sensitivity_steps(model, images, "bits", 2, key="inplace-fast")
+    monkeypatch.setattr(sensitivity, "_prefix_cached", lambda *a: contextlib.nullcontext())
+    *_, full = sensitivity.sensitivity_steps(model, images, "bits", 2, key="inplace-full")
+    for n in full:
+        assert fast[n].kl == pytest.approx(full[n].kl, rel=1e-4, abs=1e-9)
 
 
 def test_distillation_lowers_the_loss_and_keeps_zeros(tiny, tiny_inputs):

@@ -32,8 +32,8 @@ from .quantize import (
 SENSITIVITY_IMAGES = 8
 # images behind the mixed-precision allocation of bit widths below 8. EfficientNet-Lite0, --bits 4,
 # three splits of the shared photos (128 calibrate, 372 scored): with 8 images the allocation
-# followed the images it saw, -2.2 / +0.3 / -3.2 points; with 64, -1.1 / -0.3 / -0.8 (about 10x the
-# time: 117 s instead of 10 s on a 2-core Xeon).
+# followed the images it saw, -2.2 / +0.3 / -3.2 points; with 64, -1.1 / -0.3 / -0.8 (--bits 4 in
+# 41-46 s instead of 10 s on a 2-core Xeon).
 BITS_SENSITIVITY_IMAGES = 64
 
 
