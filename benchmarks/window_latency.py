@@ -1,4 +1,4 @@
-"""The window's latency figures against ``compare`` alone, for float, int8 and 50 % zeros.
+"""The window's latency figures against ``compare`` alone, for float, int8, 50 % zeros and 4 bits.
 
 The window measures while its own jobs (reading, evaluating, predicting) are pending; the
 figures must still be the model's. Prints one JSON object with the medians and ratios.
@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-CONFIGS = {"float": {}, "int8": {"bits": 8}, "50% zeros": {"sparsity": 0.5}}
+CONFIGS = {"float": {}, "int8": {"bits": 8}, "50% zeros": {"sparsity": 0.5}, "4-bit": {"bits": 4}}
 
 
 def main() -> int:

@@ -185,7 +185,7 @@ def test_each_shortcut_does_what_it_says(qtbot, tmp_path, monkeypatch):
 
     qtbot.keyClick(w, Qt.Key.Key_Q, Qt.KeyboardModifier.ControlModifier)
     qtbot.waitUntil(lambda: not w.isVisible())
-    assert not c.runner.pool.activeThreadCount()
+    assert not c.runner.running()
 
 
 # plots ----------------------------------------------------------------------------------

@@ -52,8 +52,31 @@ def _assert_same(report: dict, cli: dict) -> None:
     assert report["scored"] == cli["scored"]
 
 
+@pytest.fixture
+def gui_thread_torch():
+    """The torch ops the GUI thread runs on more than one image's scores (1000 classes):
+    whole-folder work there would start a second OpenMP team and slow every latency the
+    window measures (ui.runner). The mode is per thread: the jobs' ops are not seen."""
+    import torch
+    from torch.overrides import TorchFunctionMode
+
+    seen: list[str] = []
+
+    class Spy(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            values = list(args) + list((kwargs or {}).values())
+            name = getattr(func, "__name__", str(func))
+            if name not in ("__len__", "__get__") and any(isinstance(a, torch.Tensor) and a.numel() > 1000
+                                                          for a in values):
+                seen.append(name)
+            return func(*args, **(kwargs or {}))
+
+    with Spy():
+        yield seen
+
+
 @pytest.mark.gui
-def test_report_and_copied_command_give_the_same_numbers(qtbot, folder, tmp_path):
+def test_report_and_copied_command_give_the_same_numbers(qtbot, folder, tmp_path, gui_thread_torch):
     w = _open(qtbot, source=str(folder))
     target = OptimizationConfig(sparsity=0.3, bits=8)
     w.set_config(target)
@@ -68,6 +91,7 @@ def test_report_and_copied_command_give_the_same_numbers(qtbot, folder, tmp_path
     saved.write_text(json.dumps(report))
     _assert_same(report, _run(f"python -m workbench compare --images {shlex.quote(str(folder))} --json",
                               "--config", str(saved)))
+    assert not gui_thread_torch, sorted(set(gui_thread_torch))
     w.close()
 
 
@@ -109,6 +133,8 @@ def test_accuracy_counts_only_the_images_after_the_calibration_images(imagenet_s
     assert cli["original"]["top1"] == probs.accuracy(ws.labels[4:])[0]
     # the window's running evaluation counts the same frames and still predicts all of them
     steps = list(session.evaluate_steps(ws, ws.loaded.model, 4))
+    assert [s for s in steps if isinstance(s, str)] == [f"predicting the calibration images too: {k}/4" for k in (1, 2, 3)]
+    steps = [s for s in steps if not isinstance(s, str)]
     assert [p.done for p in steps] == list(range(1, 59)) + [58]
     assert steps[-1].labelled == 58 and steps[-1].top1("original") == pytest.approx(cli["original"]["top1"])
     assert steps[-1].final[0].probs.shape[0] == 62 and all(p.final is None for p in steps[:-1])
@@ -155,11 +181,41 @@ def test_closing_with_jobs_in_flight_is_clean(qtbot, capfd):
     qtbot.waitUntil(lambda: bool(progress), timeout=LONG)
     assert w.runner.busy()
     w.close()
-    assert w.runner.pool.activeThreadCount() == 0
+    assert not w.runner.running()
     assert not [t for t in threading.enumerate() if t.name.startswith("workbench-")]
     qtbot.wait(200)
     err = capfd.readouterr().err
     assert "Traceback" not in err and "RuntimeError" not in err, err
+
+
+def test_jobs_take_turns_on_one_thread(qtbot):
+    """Every job runs on the same worker thread (one OpenMP team: a second idle team doubles
+    a model's latency on 2 cores), a step at a time, and the current image's predictions
+    go before the steps of longer jobs."""
+    from workbench.ui.runner import Runner
+
+    ran: list[tuple[str, int]] = []
+    started, release = threading.Event(), threading.Event()
+
+    def job(name, steps):
+        for _ in range(steps):
+            ran.append((name, threading.get_ident()))
+            yield f"{name} step"
+        return name
+
+    results = []
+    runner = Runner()
+    runner.submit("load", lambda: started.set() or release.wait(10))  # holds the worker while the others queue
+    assert started.wait(10)
+    runner.submit("optimize", job, "optimize", 4, on_result=results.append)
+    runner.submit("evaluate", job, "evaluate", 4, on_result=results.append)
+    runner.submit("infer", lambda: ran.append(("infer", threading.get_ident())) or "frame", on_result=results.append)
+    release.set()
+    qtbot.waitUntil(lambda: len(results) == 3, timeout=30_000)
+    assert len({ident for _, ident in ran}) == 1 and threading.get_ident() not in {i for _, i in ran}
+    names = [n for n, _ in ran]
+    assert names == ["infer"] + ["optimize", "evaluate"] * 4, names  # first, then in turns
+    assert runner.shutdown() and not runner.running()
 
 
 def test_timing_holds_the_apps_other_jobs(qtbot, tiny, tiny_inputs):

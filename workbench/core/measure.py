@@ -56,7 +56,8 @@ def measure_latencies(models: Sequence, example: torch.Tensor, runs: int = 30, w
     with torch.inference_mode(), quiet():
         before = torch.get_num_threads()
         threads = timing_threads() or before  # live mode's predictors run with one each meanwhile
-        torch.set_num_threads(threads)
+        if threads != before:  # this also sets the default of threads that start later
+            torch.set_num_threads(threads)
         try:
             for model in models:
                 for _ in range(warmup):
@@ -67,7 +68,8 @@ def measure_latencies(models: Sequence, example: torch.Tensor, runs: int = 30, w
                     models[k](example)
                     times[k].append((time.perf_counter() - start) * 1000)
         finally:
-            torch.set_num_threads(before)
+            if threads != before:
+                torch.set_num_threads(before)
     out = []
     for model, t in zip(models, times):
         t.sort()

@@ -154,6 +154,7 @@ def sensitivity_steps(model: nn.Module, calibration: Sequence[torch.Tensor], kin
     with torch.no_grad(), running():
         logits, usable = _record(model, batch, stages)
         reference = F.softmax(logits, 1)
+    yield f"sensitivity ({kind} {value:g}): reference outputs"
     layers = compressible_layers(model, exclude)
     out: dict[str, LayerSensitivity] = {}
     for i, (name, module) in enumerate(layers.items()):

@@ -232,12 +232,13 @@ class EvalProgress:
 EVAL_SEED = 0
 
 
-def evaluate_steps(ws: Workspace, optimized_model, calibration_images: int) -> Iterator[EvalProgress]:
+def evaluate_steps(ws: Workspace, optimized_model, calibration_images: int) -> Iterator[str | EvalProgress]:
     """Both models over every frame read so far; the original's results are cached, so after
     a change only the optimized model runs. The frames that count (``compare.scored_from``:
     those after the first ``calibration_images`` when enough remain) go first, in one fixed
     shuffled order (seed EVAL_SEED), so the running estimate is not biased by the folder's
-    order (folders sorted by class); the calibration frames follow without progress. The
+    order (folders sorted by class); the calibration frames follow, with a progress string
+    each (one step per frame: a job never holds the app's worker thread for long). The
     final predictions are of every frame, in frame order."""
     import random
 
@@ -258,6 +259,7 @@ def evaluate_steps(ws: Workspace, optimized_model, calibration_images: int) -> I
         ref_probs[i], new_probs[i] = ref.probs, new.probs
         if i < start:
             if k < n - 1:
+                yield f"predicting the calibration images too: {k + 1 - (n - start)}/{start}"
                 continue
         else:
             label = ws.frames[i].label

@@ -305,28 +305,26 @@ class Controller(QObject):
 
     # evaluation -------------------------------------------------------------------------
     def _start_evaluation(self) -> None:
-        from ..core.session import evaluate_steps
-
         ws, measured = self.ws, self.measured_result
         if ws is None or measured is None or ws.is_stream or self._reading or self.original_figures is None \
                 or measured.optimized.config != self.config:
             return
         self._evaluation = measured
         self.evaluation_started.emit(ws.labelled)
-        self.runner.submit("evaluate", evaluate_steps, ws, measured.optimized.model, self.settings.calibration_images,
+        self.runner.submit("evaluate", _evaluate_job, ws, measured, self.original_figures, self.settings,
                            on_progress=self._on_eval_progress, on_error=self._on_error)
 
-    def _on_eval_progress(self, p) -> None:
+    def _on_eval_progress(self, step) -> None:
+        if isinstance(step, str):
+            self.progress.emit(step)
+            return
+        p, report, changed = step
         self.evaluated.emit(p)
-        if p.final is not None and self._evaluation is self.measured_result:
-            from ..core.session import workspace_report
-
-            self._report = workspace_report(self.ws, self.original_figures, self.measured_result, p, self.settings)
-            self.tried[self.measured_result.optimized.config] = self._report
-            from ..core.session import differences
-
-            self.differences_ready.emit(differences(self.ws, p.final), len(p.final[0].probs))
-            self.report_ready.emit(self._report)
+        if report is not None and self._evaluation is self.measured_result:
+            self._report = report
+            self.tried[self.measured_result.optimized.config] = report
+            self.differences_ready.emit(changed, len(p.final[0].probs))
+            self.report_ready.emit(report)
             from ..core.compare import scored_text
 
             self._say(f"evaluated {scored_text(self._report['scored'])}: agreement {p.agreement:.1%}"
@@ -381,6 +379,21 @@ def _first_load(load_workspace, *args):
     setup_process()
     available_models()  # cached: the model picker fills from it without importing torchvision itself
     yield from load_workspace(*args)
+
+
+def _evaluate_job(ws, measured, original: dict, settings: MeasureSettings):
+    """Both models over the frames (``core.session.evaluate_steps``), then the report and the
+    frames whose top-1 changed. These are computed here, not in the GUI thread: a torch op
+    over all frames there would give that thread an OpenMP team of its own (ui.runner)."""
+    from ..core.session import differences, evaluate_steps, workspace_report
+
+    for p in evaluate_steps(ws, measured.optimized.model, settings.calibration_images):
+        if isinstance(p, str):
+            yield p
+        elif p.final is None:
+            yield p, None, None
+        else:
+            yield p, workspace_report(ws, original, measured, p, settings), differences(ws, p.final)
 
 
 def _infer_job(ws, index: int, optimized, reference=None):
