@@ -274,3 +274,23 @@ def test_models_compared_are_timed_in_turns(tiny_inputs):
     a, b = measure_latencies([model("a", 0.002), model("b", 0.006)], tiny_inputs[0], runs=6, warmup=1)
     assert calls == ["a", "b"] + ["a", "b", "b", "a"] * 3
     assert 1.5 < a.median < 5 and 5 < b.median < 12 and a.runs == b.runs == 6
+
+
+def test_gui_chores_wait_while_a_latency_is_timed(qtbot):
+    """Plot redraws (and memory samples) skip their turn while a model is timed alone, so the
+    GUI thread takes no core from the measurement."""
+    from workbench.core.locks import quiet, timing
+    from workbench.ui.plots import Plots
+
+    plots = Plots()
+    plots.add_rss(100.0)
+    assert not timing()
+    with quiet():
+        assert timing()
+        plots.redraw()
+        assert plots._dirty
+    assert not timing()
+    plots.redraw()
+    assert not plots._dirty
+    for w in plots.widgets():
+        w.deleteLater()

@@ -47,6 +47,9 @@ class _SharedExclusiveLock:
                     self._readers -= 1
                 self._cond.notify_all()
 
+    def exclusive_held(self) -> bool:
+        return self._writer is not None
+
     @contextlib.contextmanager
     def exclusive(self):
         me = threading.get_ident()
@@ -79,3 +82,9 @@ APP_LOCK = _SharedExclusiveLock()
 running = APP_LOCK.shared
 tracing = APP_LOCK.exclusive
 quiet = APP_LOCK.exclusive
+
+
+def timing() -> bool:
+    """A latency is being timed (or a model traced) now: the GUI's periodic chores (memory
+    samples, plot redraws) skip their turn, so the GUI thread takes no core from the timing."""
+    return APP_LOCK.exclusive_held()

@@ -187,7 +187,9 @@ class Plots(QObject):
 
     # drawing (10 Hz) -------------------------------------------------------
     def redraw(self) -> None:
-        if not self._dirty:
+        from ..core.locks import timing
+
+        if not self._dirty or timing():
             return
         self._dirty = False
         x = np.array(self.frame_no, dtype=float)

@@ -418,6 +418,10 @@ class MainWindow(QMainWindow):
     def _on_rss_tick(self) -> None:
         import psutil
 
+        from ..core.locks import timing
+
+        if timing():
+            return
         self.plots.add_rss(psutil.Process().memory_info().rss / 1e6)
 
     def _on_progress(self, step: str) -> None:
