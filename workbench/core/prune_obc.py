@@ -618,6 +618,7 @@ def prepare_steps(model: nn.Module, calibration: Sequence[torch.Tensor], exclude
         px = torch.cat(list(calibration[:probe_images]))
         with torch.no_grad(), running():
             ref = F.log_softmax(work(px).double(), 1)
+        yield "preparing pruning database: reference outputs"
         todo = [n for n in names if tables[n].kind in set(probe_kinds)
                 and all(tables[n].loss[k] > 0 for k in levels)]
         for i, name in enumerate(todo):
