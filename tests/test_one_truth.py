@@ -294,3 +294,16 @@ def test_gui_chores_wait_while_a_latency_is_timed(qtbot):
     assert not plots._dirty
     for w in plots.widgets():
         w.deleteLater()
+
+
+def test_latency_plot_starts_at_zero(qtbot):
+    """Two nearly equal medians must not fill the plot's height (auto-range zooms into 0.2 ms)."""
+    from workbench.ui.plots import Plots
+
+    plots = Plots()
+    plots.add_latency(23.3, 23.5)
+    plots.redraw()
+    low, high = plots.latency.getViewBox().viewRange()[1]
+    assert low == 0 and 23.5 < high < 30
+    for w in plots.widgets():
+        w.deleteLater()

@@ -199,6 +199,9 @@ class Plots(QObject):
             self.latency.enableAutoRange(x=True)
         for key, curve in self.lat_curves.items():
             curve.setData(x, np.array(self.lat[key], dtype=float), connect="finite")
+        highest = max((v for values in self.lat.values() for v in values if np.isfinite(v)), default=None)
+        if highest:  # from zero: 23.3 against 23.5 ms must not look like a doubling
+            self.latency.setYRange(0, highest * 1.1, padding=0)
         self.rss_curve.setData(np.array(self.rss_t), np.array(self.rss_mb))
         for key, hist in self.acc_history.items():
             if hist:
