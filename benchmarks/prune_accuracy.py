@@ -4,7 +4,7 @@ BatchNorm re-estimation (today's default) against the OBC-style database + DP of
 
 Split of the shared ImageNet sample (500 photos): files sorted, shuffled with
 ``random.Random(seed)`` (``--seed``, default 0; docs report seeds 0, 1, 2); the first 128
-calibrate (never scored), the other 372 are scored.
+calibrate (never scored), the other 372 are scored (``--calibration N``, ``--scored-after M``).
 
     python benchmarks/prune_accuracy.py [--data DIR] [--threads 1] [--cache DIR] [--seed 0]
 """
@@ -44,9 +44,9 @@ def cpu_name() -> str:
     return platform.processor() or "unknown"
 
 
-def split(folder: Path, loaded, seed: int = 0):
-    src = open_source(folder)
-    order = list(range(len(src.files)))  # ImageFolderSource lists its files sorted
+def split(folder: Path, loaded, seed: int = 0, calibration: int = 128, scored_after: int | None = None):
+    src = open_source(folder, calibration=0)
+    order = list(range(len(src.files)))  # in name order (calibration=0), then shuffled
     random.Random(seed).shuffle(order)
     calib, xs, ys = [], [], []
     for j, i in enumerate(order):
@@ -54,9 +54,9 @@ def split(folder: Path, loaded, seed: int = 0):
         if frame is None:
             continue
         x = loaded.preprocess(frame.rgb)
-        if j < 128:
+        if j < calibration:
             calib.append(x)
-        else:
+        elif j >= (scored_after or calibration):
             xs.append(x)
             ys.append(frame.label)
     return calib, torch.cat(xs), torch.tensor(ys)
@@ -82,12 +82,16 @@ def main() -> None:
     ap.add_argument("--cache", default=None, help="database cache folder (default: a fresh temporary one)")
     ap.add_argument("--sparsity", type=float, nargs="+", default=[0.5, 0.7])
     ap.add_argument("--seed", type=int, default=0, help="shuffle seed of the calibration / scoring split")
+    ap.add_argument("--calibration", type=int, default=128, help="the first N of the shuffled photos calibrate")
+    ap.add_argument("--scored-after", type=int, default=None,
+                    help="score the photos after the first M (default: after the calibration images), so that "
+                         "runs with different --calibration can score the same photos")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
     loaded = load_model("efficientnet_lite0")
     model = loaded.model.eval()
-    calib, x, y = split(Path(args.data), loaded, args.seed)
+    calib, x, y = split(Path(args.data), loaded, args.seed, args.calibration, args.scored_after)
     print(f"CPU: {cpu_name()}; torch threads: {torch.get_num_threads()}; "
           f"calibration {len(calib)} images, scored {len(x)} images (split seed {args.seed})")
     acc_float = top1(model, x, y)

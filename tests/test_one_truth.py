@@ -6,6 +6,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from conftest import write_images
@@ -123,12 +124,16 @@ def test_accuracy_counts_only_the_images_after_the_calibration_images(imagenet_s
         (subset / p.name).symlink_to(p)
     cli = _run(f"python -m workbench compare --images {shlex.quote(str(subset))} --bits 8 --calibration 4 --json")
     assert cli["images"] == 62 and cli["scored"] == {"first": 4, "images": 58, "labelled": 58,
-                                                     "calibration_included": False}
+                                                     "calibration_included": False, "spread": True}
     # the same figure computed here on frames 5..62 only
     ws = None
     for step in session.load_workspace("efficientnet_lite0", str(subset), MeasureSettings(calibration_images=4),
                                        first=62):
         ws = step if not isinstance(step, str) else ws
+    # the four that calibrate are spread over the folder (sorted by class), the others follow in name order
+    names = sorted(p.name for p in subset.iterdir())
+    assert [Path(f.origin).name for f in ws.frames] == [names[i] for i in (7, 23, 38, 54)] + [
+        n for i, n in enumerate(names) if i not in (7, 23, 38, 54)]
     probs = predict(ws.loaded.model, ws.inputs[4:])
     assert cli["original"]["top1"] == probs.accuracy(ws.labels[4:])[0]
     # the window's running evaluation counts the same frames and still predicts all of them

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from conftest import write_images
 
-from workbench.core.sources import ImageFolderSource, SourceError, open_source
+from workbench.core.sources import ImageFolderSource, SourceError, open_source, spread_first
 
 
 def test_sample_photos_are_the_default():
@@ -55,3 +55,21 @@ def test_missing_things_are_explained(tmp_path):
         open_source(tmp_path)
     with pytest.raises(SourceError, match="camera 97"):
         open_source("camera:97")
+
+
+def test_calibration_images_are_spread_over_a_folder_and_come_first(tmp_path):
+    items = list(range(500))
+    order = spread_first(items, 128)
+    first = order[:128]
+    assert sorted(order) == items and first == sorted(first) and order[128:] == sorted(order[128:])
+    assert max(b - a for a, b in zip(first, first[1:])) <= 4 and first[0] <= 2 and first[-1] >= 496
+    assert spread_first(items[:100], 128) == items[:100] and spread_first(items, 0) == items
+
+    names = [f"n{i:08d}_{i}.png" for i in range(12)]  # sorted by class, as ImageNet folders are
+    write_images(tmp_path, names)
+    src = open_source(tmp_path, calibration=3)
+    assert src.spread and [p.name for p in src.files[:3]] == [names[2], names[6], names[10]]
+    assert [p.name for p in src.files[3:]] == [n for i, n in enumerate(names) if i not in (2, 6, 10)]
+    limited = open_source(tmp_path, limit=6, calibration=3)  # the first 6 in name order, then spread
+    assert [p.name for p in limited.files] == [names[i] for i in (1, 3, 5, 0, 2, 4)]
+    assert not open_source(tmp_path, calibration=12).spread

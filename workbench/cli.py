@@ -179,7 +179,7 @@ def run_compare(args) -> int:
     try:
         config, settings = _settings_and_config(args)
         setup_process(settings.threads)
-        source = open_source(args.images, args.limit)
+        source = open_source(args.images, args.limit, settings.calibration_images)
         loaded = load_model(args.model, weights=args.weights, trust=args.trust, arch=args.arch)
     except (ConfigError, SourceError, ModelLoadError) as exc:
         return _fail(str(exc))

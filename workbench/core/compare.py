@@ -34,6 +34,7 @@ class Batch:
     labels: list[int | None] = field(default_factory=list)
     origins: list[str] = field(default_factory=list)
     skipped: list[dict] = field(default_factory=list)
+    spread: bool = False  # the calibration images were taken evenly over the folder (``ImageFolderSource.spread``)
 
     @property
     def labelled(self) -> int:
@@ -55,6 +56,7 @@ def load_batch(loaded: LoadedModel, source, limit: int | None = None) -> Iterato
         if limit and len(batch.inputs) >= limit:
             break
     batch.skipped = skipped_of(source)
+    batch.spread = getattr(source, "spread", False)
     yield batch
 
 
@@ -99,16 +101,19 @@ def scored_text(scored: dict) -> str:
     """The frames the accuracy figures count (the report's ``scored``), in words."""
     if scored["calibration_included"]:
         return f"all {scored['images']} images, the calibration images included"
+    if scored.get("spread"):
+        return f"the {scored['images']} images besides the {scored['first']} that calibrate (spread over the folder)"
     return f"the {scored['images']} images after the {scored['first']} that calibrate"
 
 
 def build_report(loaded: LoadedModel, opt: OptimizedModel, settings: MeasureSettings, *, source_name: str,
                  labels: Sequence[int | None], skipped: list[dict], original: dict, optimized: dict,
-                 ref: Predictions, new: Predictions) -> dict:
+                 ref: Predictions, new: Predictions, spread: bool = False) -> dict:
     """The report of ``compare --json`` (and of the window's ``report()``), from the figures
     of :func:`original_figures` / :func:`optimized_figures` and both models' predictions (of
     every frame, in order). Top-1, top-5, agreement and KL are over the frames from
-    :func:`scored_from` on (``scored``)."""
+    :func:`scored_from` on (``scored``; ``spread``: the source took its calibration images
+    evenly over a folder's name order and put them first)."""
     start = scored_from(len(labels), settings.calibration_images)
     all_labels = labels
     labels, ref, new = labels[start:], Predictions(ref.probs[start:]), Predictions(new.probs[start:])
@@ -124,7 +129,7 @@ def build_report(loaded: LoadedModel, opt: OptimizedModel, settings: MeasureSett
             "source": source_name, "config": config_block(opt.config, settings), "images": len(all_labels),
             "labelled": sum(y is not None for y in all_labels),
             "scored": {"first": start, "images": len(labels), "labelled": sum(y is not None for y in labels),
-                       "calibration_included": start == 0},
+                       "calibration_included": start == 0, "spread": spread and start > 0},
             "skipped": skipped,
             "threads": torch.get_num_threads(), "machine": machine(), "original": original, "optimized": optimized}
 
@@ -168,7 +173,8 @@ def report_for(loaded: LoadedModel, opt: OptimizedModel, batch: Batch, out: Path
         original = {**original, "latency_ms": original_ms.to_dict()}
     return build_report(loaded, opt, settings, source_name=source_name, labels=batch.labels,
                         skipped=batch.skipped, original=original,
-                        optimized=optimized_figures(opt, example, out, settings, optimized_ms), ref=ref, new=new)
+                        optimized=optimized_figures(opt, example, out, settings, optimized_ms), ref=ref, new=new,
+                        spread=batch.spread)
 
 
 def compare_on_inputs(loaded: LoadedModel, opt: OptimizedModel, frames,

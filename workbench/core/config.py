@@ -13,6 +13,7 @@ PRUNE_METHODS = tuple(methods.PRUNE_METHODS)
 QUANT_SCHEMES = tuple(methods.QUANT_SCHEMES)
 BIT_STOPS = (2, 3, 4, 5, 6, 7, 8, 16, 32)
 RUNTIMES = tuple(methods.RUNTIMES)
+CALIBRATION_IMAGES = 128  # MeasureSettings' default
 DEVICES = ("cpu", "cuda")
 ROUNDINGS = tuple(methods.ROUNDINGS)
 ALLOCATIONS = tuple(methods.ALLOCATIONS)
@@ -185,14 +186,15 @@ class MeasureSettings:
     """How a comparison is measured; the CLI, the window and every benchmark use one value.
 
     calibration_images: the first N images of the source calibrate quantization, BatchNorm
-        re-estimation and reconstruction; they are scored only when fewer than
+        re-estimation and reconstruction (a folder puts N images spread evenly over its name
+        order first: ``sources.spread_first``); they are scored only when fewer than
         ``compare.MIN_HELD_OUT`` images follow them (the report's ``scored`` says). 128, as in every accuracy figure of
         docs/benchmarks.md: the pruning database built on 32 lost 10 more points at 50 %.
     latency_runs / warmup: timed and untimed batch-1 runs; the median and p90 are reported.
     threads: torch threads while timing (None: torch's default, all cores).
     """
 
-    calibration_images: int = 128
+    calibration_images: int = CALIBRATION_IMAGES
     latency_runs: int = 30
     warmup: int = 5
     threads: int | None = None

@@ -100,7 +100,7 @@ def export_steps(model_spec: str | LoadedModel, images, config: OptimizationConf
     settings = settings or MeasureSettings()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    loaded, source, batch = yield from relay(prepare_steps(model_spec, images, limit))
+    loaded, source, batch = yield from relay(prepare_steps(model_spec, images, limit, settings.calibration_images))
     opt = yield from relay(optimize_batch_steps(loaded, batch, config, settings, out))
     yield f"evaluating {len(batch.inputs)} images"
     report = report_for(loaded, opt, batch, out, settings, source.name)

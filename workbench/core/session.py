@@ -118,9 +118,10 @@ def load_workspace(model_spec: str | LoadedModel, source_spec, settings: Measure
         yield f"loading {model_spec}"
         loaded = load_model(model_spec)
     yield "opening source"
-    ws = Workspace(loaded, open_source(source_spec))
-    if limit and isinstance(ws.source, ImageFolderSource):
-        ws.source.files = ws.source.files[:limit]
+    source = open_source(source_spec, calibration=settings.calibration_images)
+    if limit and isinstance(source, ImageFolderSource) and len(source) > limit:  # a video's limit would cut frames
+        source = ImageFolderSource(source.root, limit, settings.calibration_images)
+    ws = Workspace(loaded, source)
     if ws.is_stream:
         for _ in range(8):  # calibration frames; live mode takes over from here
             frame = ws.source.read()
@@ -294,7 +295,7 @@ def workspace_report(ws: Workspace, original: dict, measured: Measured, evaluati
     return build_report(ws.loaded, measured.optimized, settings, source_name=ws.source.name, labels=ws.labels,
                         skipped=skipped_of(ws.source), original={**original, "latency_ms": measured.original_latency},
                         optimized=measured.figures,
-                        ref=ref, new=new)
+                        ref=ref, new=new, spread=getattr(ws.source, "spread", False))
 
 
 def sensitivity_job(ws: Workspace, config: OptimizationConfig) -> Iterator[str | dict]:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .config import CALIBRATION_IMAGES
 from .models import RESOURCES, imagenet_classes
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
@@ -83,12 +84,25 @@ def _label_for(path: Path, root: Path) -> int | None:
     return None
 
 
+def spread_first(items: list, n: int) -> list:
+    """``items`` with ``n`` of them, spread evenly over the list, moved to the front; both
+    parts keep their order. A folder sorted by name is often sorted by class, and its first
+    images would calibrate on a few classes only (and none of those scored)."""
+    if n <= 0 or len(items) <= n:
+        return list(items)
+    picked = {(2 * i + 1) * len(items) // (2 * n) for i in range(n)}  # centres of n equal slices
+    return [items[i] for i in sorted(picked)] + [x for i, x in enumerate(items) if i not in picked]
+
+
 @dataclass
 class ImageFolderSource:
-    """All images under a folder (recursive), in sorted order, with labels when found."""
+    """All images under a folder (recursive), with labels when found: in name order (the
+    first ``limit``), except that ``calibration`` of them, spread evenly over that order,
+    come first (:func:`spread_first`): the first frames of every source calibrate."""
 
     root: Path
     limit: int | None = None
+    calibration: int = 0
     skipped: list[Skipped] = field(default_factory=list)
 
     def __post_init__(self):
@@ -98,7 +112,9 @@ class ImageFolderSource:
         files = sorted(p for p in self.root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
         if not files:
             raise SourceError(f"no images in {self.root}")
-        self.files = files[: self.limit] if self.limit else files
+        files = files[: self.limit] if self.limit else files
+        self.spread = 0 < self.calibration < len(files)  # calibration images moved to the front
+        self.files = spread_first(files, self.calibration)
 
     @property
     def name(self) -> str:
@@ -134,7 +150,8 @@ class SingleImageSource(ImageFolderSource):
         path = Path(path)
         if not path.is_file():
             raise SourceError(f"no such image: {path}")
-        self.root, self.limit, self.skipped, self.files = path.parent, None, [], [path]
+        self.root, self.limit, self.calibration, self.skipped, self.files = path.parent, None, 0, [], [path]
+        self.spread = False
 
 
 @dataclass
@@ -218,11 +235,12 @@ class VideoSource:
         return not self._cap.isOpened()
 
 
-def open_source(spec: str | Path | int | None, limit: int | None = None):
+def open_source(spec: str | Path | int | None, limit: int | None = None, calibration: int = CALIBRATION_IMAGES):
     """A source from what the user typed: None (sample photos), a folder, an image,
-    a video file, or a camera index ("0", "camera:0", "camera:0@1280x720" for a resolution)."""
+    a video file, or a camera index ("0", "camera:0", "camera:0@1280x720" for a resolution).
+    A folder puts ``calibration`` images spread over it first (:class:`ImageFolderSource`)."""
     if spec is None or spec == "samples":
-        return ImageFolderSource(SAMPLES, limit)
+        return ImageFolderSource(SAMPLES, limit, calibration)
     if isinstance(spec, int):
         return VideoSource(spec, limit)
     text = str(spec)
@@ -237,7 +255,7 @@ def open_source(spec: str | Path | int | None, limit: int | None = None):
             raise SourceError(f"not a camera: {text!r} (write camera:N or camera:N@WIDTHxHEIGHT)") from None
     path = Path(text).expanduser()
     if path.is_dir():
-        return ImageFolderSource(path, limit)
+        return ImageFolderSource(path, limit, calibration)
     if not path.exists():
         raise SourceError(f"no such file or folder: {path}")
     if path.suffix.lower() in VIDEO_SUFFIXES:

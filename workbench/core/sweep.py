@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .compare import Batch, load_batch, optimize_batch_steps, original_figures, report_for
-from .config import ConfigError, MeasureSettings, OptimizationConfig
+from .config import CALIBRATION_IMAGES, ConfigError, MeasureSettings, OptimizationConfig
 from .files import atomic_path
 from .models import LoadedModel
 from .optimize import relay
@@ -61,14 +61,16 @@ def sweep_configs(sparsities: Sequence[float], bits: Sequence[int], prune_method
     return Configs(configs, skipped)
 
 
-def prepare_steps(model_spec: str | LoadedModel, images, limit: int | None) -> Iterator[str | tuple]:
+def prepare_steps(model_spec: str | LoadedModel, images, limit: int | None,
+                  calibration: int = CALIBRATION_IMAGES) -> Iterator[str | tuple]:
     """Load the model (a name or file, or an already loaded model) and read the images (a
-    spec for :func:`open_source`, or a source) once; yields progress, then (loaded, source, batch).
+    spec for :func:`open_source`, with ``calibration`` images first, or a source) once;
+    yields progress, then (loaded, source, batch).
     Raises ModelLoadError, SourceError, or ValueError when no image is readable."""
     from .models import load_model
     from .sources import open_source
 
-    source = open_source(images, limit) if images is None or isinstance(images, (str, Path, int)) else images
+    source = open_source(images, limit, calibration) if images is None or isinstance(images, (str, Path, int)) else images
     loaded = model_spec if isinstance(model_spec, LoadedModel) else load_model(str(model_spec))
     batch = yield from relay(load_batch(loaded, source, limit))
     if not batch.inputs:
@@ -111,7 +113,7 @@ def fronts(rows: Sequence[dict]) -> dict:
 
 def _start(model_spec, images, limit, out: Path, settings: MeasureSettings):
     """Read the model and images once, measure and write the original once."""
-    loaded, source, batch = yield from relay(prepare_steps(model_spec, images, limit))
+    loaded, source, batch = yield from relay(prepare_steps(model_spec, images, limit, settings.calibration_images))
     (out / "models").mkdir(parents=True, exist_ok=True)
     yield "measuring the original"
     return loaded, source, batch, original_figures(loaded, batch.inputs[0], out / "models", settings)
@@ -307,7 +309,7 @@ def ray_sweep_steps(model_spec: str | LoadedModel, images, configs: Sequence[Opt
                                     f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
             started = True
         home = _driver_node(ray)
-        loaded, source, batch = yield from relay(prepare_steps(model_spec, images, limit))
+        loaded, source, batch = yield from relay(prepare_steps(model_spec, images, limit, settings.calibration_images))
         (out / "models").mkdir(parents=True, exist_ok=True)
         try:
             model = ray.put(loaded)

@@ -246,8 +246,10 @@ original. Live: agreement on the frames both models saw.</li>
 <li><b>Trade-off</b>: each configuration tried, at its measured latency and accuracy; the size of a
 point is its file size. Click one to go back to it.</li>
 <li><b>Calibration</b>: quantization, pruning and BatchNorm re-estimation use the first
-{s.calibration_images} images of the source. When at least {MIN_HELD_OUT} more follow, accuracy and
-agreement count only those that follow (the optimized model was fitted to the first ones); with
+{s.calibration_images} images of the source. A larger folder shows {s.calibration_images} images spread
+evenly over its name order first (a folder sorted by class would otherwise calibrate on its
+first classes only), then the rest in name order. When at least {MIN_HELD_OUT} more images follow,
+accuracy and agreement count only those (the optimized model was fitted to the first ones); with
 fewer, all images count and the status line says the calibration images are included.</li>
 </ul>
 <p>The command line gives the same numbers: File → Copy as command puts the command on the
