@@ -109,6 +109,18 @@ def test_sensitivity_restores_the_model_and_allocations_meet_targets(tiny, tiny_
     assert mean <= 4 + 1e-9 and bits["stem.0"] == 8 and len(set(bits.values())) > 1
 
 
+def test_bit_allocation_keeps_a_floor_and_the_budget():
+    from workbench.core.sensitivity import LayerSensitivity, allocate_bits
+
+    sens = {"stem": LayerSensitivity("stem", 100, 1.0, 0.9), "mid": LayerSensitivity("mid", 1000, 0.01, 0.99),
+            "fc": LayerSensitivity("fc", 1000, 1e-4, 1.0)}  # the classifier: large and cheap on the probe
+    free = allocate_bits(sens, 4, 4, fixed={"stem": 8})
+    kept = allocate_bits(sens, 4, 4, fixed={"stem": 8}, floor={"fc": 4})
+    assert free["fc"] == 2 and kept["fc"] == 4 and kept["stem"] == 8
+    for bits in (free, kept):
+        assert sum(bits[n] * s.params for n, s in sens.items()) <= 4 * 2100
+    assert kept["mid"] < free["mid"]  # the budget the floor keeps comes from the other layers
+
 def test_sensitivity_skips_the_unchanged_prefix_and_gets_the_same_figures(tiny, tiny_inputs, monkeypatch):
     """Stages in front of the probed layer return their recorded outputs (the model-level
     residual of the tiny net included); the figures equal full forward passes, only the rest

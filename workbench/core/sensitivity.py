@@ -201,12 +201,13 @@ def allocate_sparsity(sens: dict[str, LayerSensitivity], target: float, probe: f
 
 
 def allocate_bits(sens: dict[str, LayerSensitivity], target_bits: float, probe_bits: int,
-                  fixed: dict[str, int] | None = None, choices: Sequence[int] = (2, 3, 4, 5, 6, 7, 8)
-                  ) -> dict[str, int]:
+                  fixed: dict[str, int] | None = None, choices: Sequence[int] = (2, 3, 4, 5, 6, 7, 8),
+                  floor: dict[str, int] | None = None) -> dict[str, int]:
     """Per-layer bit widths whose parameter-weighted mean is at most ``target_bits``:
     start every free layer at the highest width, then repeatedly take one bit from the
-    layer where it costs the least predicted KL per bit saved."""
-    fixed = fixed or {}
+    layer where it costs the least predicted KL per bit saved, never below ``floor`` (per
+    layer; ``min(choices)`` for the others)."""
+    fixed, floor = fixed or {}, floor or {}
     bits = {n: max(choices) for n in sens if n not in fixed}
     total = sum(s.params for s in sens.values())
 
@@ -218,7 +219,7 @@ def allocate_bits(sens: dict[str, LayerSensitivity], target_bits: float, probe_b
         return sens[n].kl * 4.0 ** (probe_bits - b)
 
     while mean_bits() > target_bits + 1e-9:
-        options = [(n, b) for n, b in bits.items() if b > min(choices)]
+        options = [(n, b) for n, b in bits.items() if b > max(min(choices), floor.get(n, 0))]
         if not options:
             break
         n, b = min(options, key=lambda nb: (cost(nb[0], nb[1] - 1) - cost(*nb)) / sens[nb[0]].params)
