@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from collections.abc import Callable
 
 
 class _SharedExclusiveLock:
@@ -88,3 +89,20 @@ def timing() -> bool:
     """A latency is being timed (or a model traced) now: the GUI's periodic chores (memory
     samples, plot redraws) skip their turn, so the GUI thread takes no core from the timing."""
     return APP_LOCK.exclusive_held()
+
+
+_SETTLE: list[Callable[[], None]] = []
+
+
+def before_timing(hook: Callable[[], None]) -> Callable[[], None]:
+    """Register ``hook``, called by :func:`settle` in the timing thread before a latency is
+    timed (the window's: wait until its GUI thread has drawn what the last results changed;
+    Python code in another thread takes the interpreter lock from the timed model between
+    its operators). Returns a function that removes it."""
+    _SETTLE.append(hook)
+    return lambda: _SETTLE.remove(hook) if hook in _SETTLE else None
+
+
+def settle() -> None:
+    for hook in list(_SETTLE):
+        hook()
