@@ -91,18 +91,24 @@ def timing() -> bool:
     return APP_LOCK.exclusive_held()
 
 
-_SETTLE: list[Callable[[], None]] = []
+_SETTLE: dict[int, Callable[[], None]] = {}  # thread ident -> its hook
 
 
-def before_timing(hook: Callable[[], None]) -> Callable[[], None]:
-    """Register ``hook``, called by :func:`settle` in the timing thread before a latency is
-    timed (the window's: wait until its GUI thread has drawn what the last results changed;
-    Python code in another thread takes the interpreter lock from the timed model between
-    its operators). Returns a function that removes it."""
-    _SETTLE.append(hook)
-    return lambda: _SETTLE.remove(hook) if hook in _SETTLE else None
+@contextlib.contextmanager
+def settling(hook: Callable[[], None]):
+    """While the calling thread runs this block, a latency it times first calls ``hook``
+    (:func:`settle`). The window's worker thread waits there until the GUI thread has drawn
+    what the last results changed: Python code in another thread takes the interpreter lock
+    from the timed model between its operators."""
+    me = threading.get_ident()
+    _SETTLE[me] = hook
+    try:
+        yield
+    finally:
+        _SETTLE.pop(me, None)
 
 
 def settle() -> None:
-    for hook in list(_SETTLE):
+    hook = _SETTLE.get(threading.get_ident())
+    if hook is not None:
         hook()

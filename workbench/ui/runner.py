@@ -20,9 +20,10 @@ import threading
 from collections import deque
 from collections.abc import Callable
 
+import shiboken6
 from PySide6.QtCore import QObject, Qt, QTimer, Signal
 
-from ..core.locks import before_timing
+from ..core.locks import settling
 
 log = logging.getLogger(__name__)
 FIRST = ("infer",)  # kinds whose steps run before the others' (what the eye waits for)
@@ -110,10 +111,9 @@ class Runner(QObject):
         self._thread: threading.Thread | None = None
         self._closed = False
         self._settle_asked.connect(self._caught_up, Qt.ConnectionType.QueuedConnection)
-        self._unhook = before_timing(self._settle)
 
-    def _settle(self) -> None:  # the worker thread, before a latency is timed (core.locks.settle)
-        if threading.current_thread() is not self._thread or self._closed:
+    def _settle(self) -> None:  # the worker thread, before it times a latency (core.locks.settle)
+        if not shiboken6.isValid(self) or self._closed:
             return
         done = threading.Event()
         try:
@@ -156,20 +156,21 @@ class Runner(QObject):
         from ..core.process import flush_denormals
 
         flush_denormals()
-        while True:
-            with self._cond:
-                while not self._turns and not self._closed:
-                    self._cond.wait()
-                if not self._turns:
-                    return
-                job = next((j for j in self._turns if j.kind in FIRST), self._turns[0])
-                self._turns.remove(job)
-            over = job.step()
-            with self._cond:
-                if over:
-                    self._alive.discard(job)
-                else:
-                    self._turns.append(job)
+        with settling(self._settle):
+            while True:
+                with self._cond:
+                    while not self._turns and not self._closed:
+                        self._cond.wait()
+                    if not self._turns:
+                        return
+                    job = next((j for j in self._turns if j.kind in FIRST), self._turns[0])
+                    self._turns.remove(job)
+                over = job.step()
+                with self._cond:
+                    if over:
+                        self._alive.discard(job)
+                    else:
+                        self._turns.append(job)
 
     def _finished(self, job: Job) -> None:
         if self.current.get(job.kind) is job:
@@ -195,7 +196,6 @@ class Runner(QObject):
 
     def shutdown(self, timeout_ms: int = 30000) -> bool:
         """Cancel everything and wait for the worker (each job stops at its next step)."""
-        self._unhook()
         with self._cond:
             self._closed = True
             jobs = list(self._alive)
