@@ -223,32 +223,6 @@ def test_jobs_take_turns_on_one_thread(qtbot):
     assert runner.shutdown() and not runner.running()
 
 
-def test_a_latency_is_timed_after_the_gui_has_handled_what_the_jobs_sent(qtbot, tiny, tiny_inputs):
-    """The GUI thread's Python (painting the plots) takes the interpreter lock from the timed
-    model between its operators: the worker first waits until the GUI has handled, and drawn,
-    what was sent to it."""
-    from workbench.core.measure import measure_latency
-    from workbench.ui.runner import Runner
-
-    log: list[str] = []
-
-    def job():
-        yield "a result"  # the GUI shows it, slowly
-        log.append("timing")
-        measure_latency(tiny, tiny_inputs[0], runs=2, warmup=0)
-        log.append("timed")
-
-    def show(_):
-        log.append("shown")
-        time.sleep(0.3)  # a slow repaint
-        log.append("drawn")
-
-    runner = Runner()
-    runner.submit("optimize", job, on_progress=show)
-    qtbot.waitUntil(lambda: "timed" in log and "drawn" in log, timeout=30_000)
-    assert log.index("drawn") < log.index("timed"), log
-    assert runner.shutdown()
-
 def test_timing_holds_the_apps_other_jobs(qtbot, tiny, tiny_inputs):
     """While a latency is measured, no step of another job runs (they wait at their next step)."""
     import torch

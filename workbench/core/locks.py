@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Callable
 
 
 class _SharedExclusiveLock:
@@ -89,26 +88,3 @@ def timing() -> bool:
     """A latency is being timed (or a model traced) now: the GUI's periodic chores (memory
     samples, plot redraws) skip their turn, so the GUI thread takes no core from the timing."""
     return APP_LOCK.exclusive_held()
-
-
-_SETTLE: dict[int, Callable[[], None]] = {}  # thread ident -> its hook
-
-
-@contextlib.contextmanager
-def settling(hook: Callable[[], None]):
-    """While the calling thread runs this block, a latency it times first calls ``hook``
-    (:func:`settle`). The window's worker thread waits there until the GUI thread has drawn
-    what the last results changed: Python code in another thread takes the interpreter lock
-    from the timed model between its operators."""
-    me = threading.get_ident()
-    _SETTLE[me] = hook
-    try:
-        yield
-    finally:
-        _SETTLE.pop(me, None)
-
-
-def settle() -> None:
-    hook = _SETTLE.get(threading.get_ident())
-    if hook is not None:
-        hook()

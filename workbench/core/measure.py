@@ -19,7 +19,7 @@ from torch import nn
 
 from .config import MeasureSettings
 from .files import atomic_path
-from .locks import quiet, running, settle
+from .locks import quiet, running
 from .process import flush_denormals, timing_threads
 from .quantize import QUANT_LAYERS, fake_quantize_weight
 
@@ -54,7 +54,6 @@ def measure_latencies(models: Sequence, example: torch.Tensor, runs: int = 30, w
     times: list[list[float]] = [[] for _ in models]
     flush_denormals()
     with torch.inference_mode(), quiet():
-        settle()  # the window first draws what it was given (chores skip their turn from here on)
         before = torch.get_num_threads()
         threads = timing_threads() or before  # live mode's predictors run with one each meanwhile
         if threads != before:  # this also sets the default of threads that start later

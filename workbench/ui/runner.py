@@ -7,10 +7,7 @@ threads: with more teams than cores it stops its threads from waiting actively, 
 model of many small layers then runs about twice as slow (EfficientNet-Lite0 on 2 cores:
 42 instead of 20 ms), in the latencies the window measures as well. Every step holds the
 shared side of the app lock, so a latency measurement (the exclusive side) also keeps live
-mode's predictors waiting and times the model alone. Before it times, the worker waits until
-the GUI thread has handled and drawn what the jobs sent it (:meth:`Runner._answer`): the
-plots' painting is Python, and Python in the GUI thread takes the interpreter lock from the
-timed model between its operators (on the 500 shared photos the window timed 10 % slower)."""
+mode's predictors waiting and times the model alone."""
 
 from __future__ import annotations
 
@@ -20,15 +17,10 @@ import threading
 from collections import deque
 from collections.abc import Callable
 
-from PySide6.QtCore import QObject, QTimer, Signal
-
-from ..core.locks import settling
+from PySide6.QtCore import QObject, Signal
 
 log = logging.getLogger(__name__)
 FIRST = ("infer",)  # kinds whose steps run before the others' (what the eye waits for)
-SETTLE_POLL_MS = 20  # how often the GUI thread looks for a timing's request
-SETTLE_MS = 50  # after the GUI thread reached a timing's request: time for the repaints it queued
-SETTLE_WAIT_S = 1.0  # the longest a timing waits for the GUI thread
 
 
 class _Signals(QObject):
@@ -109,16 +101,6 @@ class Runner(QObject):
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
         self._closed = False
-        # a timing's request to the GUI thread and its answer: plain events, no Qt call from the worker
-        self._settle_wanted, self._settled = threading.Event(), threading.Event()
-        self._poll = QTimer(self, interval=SETTLE_POLL_MS)
-        self._poll.timeout.connect(self._answer)
-        self._poll.start()
-
-    def _answer(self) -> None:  # the GUI thread: what the jobs sent before the request is handled by now
-        if self._settle_wanted.is_set():
-            self._settle_wanted.clear()
-            QTimer.singleShot(SETTLE_MS, self._settled.set)  # and by then the repaints it queued are done
 
     def submit(self, kind: str, fn: Callable, *args, on_result=None, on_progress=None, on_error=None) -> Job | None:
         if self._closed:
@@ -151,29 +133,20 @@ class Runner(QObject):
         from ..core.process import flush_denormals
 
         flush_denormals()
-        wanted, settled = self._settle_wanted, self._settled
-
-        def settle() -> None:  # before this thread times a latency (core.locks.settle)
-            settled.clear()
-            wanted.set()
-            settled.wait(SETTLE_WAIT_S)
-            wanted.clear()
-
-        with settling(settle):
-            while True:
-                with self._cond:
-                    while not self._turns and not self._closed:
-                        self._cond.wait()
-                    if not self._turns:
-                        return
-                    job = next((j for j in self._turns if j.kind in FIRST), self._turns[0])
-                    self._turns.remove(job)
-                over = job.step()
-                with self._cond:
-                    if over:
-                        self._alive.discard(job)
-                    else:
-                        self._turns.append(job)
+        while True:
+            with self._cond:
+                while not self._turns and not self._closed:
+                    self._cond.wait()
+                if not self._turns:
+                    return
+                job = next((j for j in self._turns if j.kind in FIRST), self._turns[0])
+                self._turns.remove(job)
+            over = job.step()
+            with self._cond:
+                if over:
+                    self._alive.discard(job)
+                else:
+                    self._turns.append(job)
 
     def _finished(self, job: Job) -> None:
         if self.current.get(job.kind) is job:
@@ -199,8 +172,6 @@ class Runner(QObject):
 
     def shutdown(self, timeout_ms: int = 30000) -> bool:
         """Cancel everything and wait for the worker (each job stops at its next step)."""
-        self._poll.stop()
-        self._settled.set()  # a timing waiting for the GUI thread goes on
         with self._cond:
             self._closed = True
             jobs = list(self._alive)
