@@ -206,6 +206,36 @@ def test_gptq_rounding_lands_on_the_grid_and_beats_nearest_on_outputs():
         assert ((g(x) - ref) ** 2).mean() < 0.7 * ((n(x) - ref) ** 2).mean()
 
 
+def test_gptq_keeps_pruned_weights_at_zero_and_still_beats_nearest():
+    from workbench.core.recover import gptq_
+
+    torch.manual_seed(1)
+    layer = nn.Linear(64, 16, bias=False)
+    with torch.no_grad():
+        layer.weight.mul_(torch.rand_like(layer.weight) > 0.5)  # half pruned
+    pruned = layer.weight == 0
+    x = torch.randn(512, 8) @ torch.randn(8, 64) + 0.1 * torch.randn(512, 64)
+    hessian = (x.t() @ x).double() / len(x)
+    scale = mse_clip_scale(layer.weight, 4).reshape(-1)
+    g, n = copy.deepcopy(layer), copy.deepcopy(layer)
+    gptq_(g.weight, hessian, 4, scale, damp=0.1)
+    with torch.no_grad():
+        n.weight.copy_(torch.clamp(torch.round(n.weight / scale[:, None]), -7, 7) * scale[:, None])
+        assert (g.weight[pruned] == 0).all() and (g.weight[~pruned] != 0).float().mean() > 0.8
+        ref = layer(x)
+        assert ((g(x) - ref) ** 2).mean() < 0.7 * ((n(x) - ref) ** 2).mean()
+
+
+def test_default_four_bits_use_gptq_and_keep_the_pruned_zeros(tiny, tiny_inputs):
+    result = optimize(tiny, OptimizationConfig(sparsity=0.5, prune_method="unstructured", bits=4), tiny_inputs)
+    assert "GPTQ rounding" in result.methods
+    ws = [m.weight for m in result.float_model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    pruned_only = optimize(tiny, OptimizationConfig(sparsity=0.5, prune_method="unstructured"), tiny_inputs)
+    ws0 = [m.weight for m in pruned_only.float_model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    for w, w0 in zip(ws, ws0):
+        assert bool((w[w0 == 0] == 0).all())
+
+
 def test_distillation_never_ends_worse_on_its_held_out_images(tiny, tiny_inputs):
     from workbench.core.recover import _kl_batches
 

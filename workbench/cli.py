@@ -46,7 +46,8 @@ def _compare_parser(sub) -> None:
     p.add_argument("--limit", type=int, default=None, help="use at most N images")
     _optimization_options(p)
     roundings, rounding_help = _choices(methods.ROUNDINGS)
-    p.add_argument("--rounding", choices=roundings, default="mse", help=rounding_help + " (default: %(default)s)")
+    p.add_argument("--rounding", choices=roundings, default=methods.DEFAULT_ROUNDING,
+                   help=rounding_help + " (default: %(default)s)")
     allocations, allocation_help = _choices(methods.ALLOCATIONS)
     p.add_argument("--allocation", choices=allocations, default="sensitivity", help=allocation_help)
     p.add_argument("--naive", action="store_true",

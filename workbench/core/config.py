@@ -71,7 +71,7 @@ class OptimizationConfig:
     device: str = "cpu"
     bn_recalibration: bool = True
     bias_correction: bool = True
-    rounding: str = "mse"
+    rounding: str = methods.DEFAULT_ROUNDING
     allocation: str = "sensitivity"
     layer_bits: tuple[tuple[str, int], ...] = field(default_factory=tuple)
 

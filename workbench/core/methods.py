@@ -97,6 +97,8 @@ RECOVERY = _table(
 
 # the best measured pruning (docs/benchmarks.md: 50 % unstructured on EfficientNet-Lite0)
 DEFAULT_PRUNE_METHOD = "unstructured-obc"
+# the best measured rounding below 8 bits (docs/benchmarks.md: 4-bit weights, session 24)
+DEFAULT_ROUNDING = "gptq"
 
 
 def default_scheme(bits: int) -> str:

@@ -280,9 +280,9 @@ def _obs_sweep_(weight: torch.Tensor, hessian: torch.Tensor, compress, block: in
                 damp: float = 0.01) -> None:
     """The column sweep shared by SparseGPT and GPTQ, in place on ``weight`` (out x in[, 1, 1]).
 
-    ``compress(W1, Hinv1)`` is called for each block of columns and returns ``f(i, w)``,
-    which gives column ``i``'s compressed values; each column's error is pushed onto the
-    columns not yet compressed through the upper Cholesky factor of the dampened inverse
+    ``compress(W1, Hinv1, i1)`` is called for each block of columns (the first is column
+    ``i1``) and returns ``f(i, w)``, which gives column ``i``'s compressed values; each
+    column's error is pushed onto the columns not yet compressed through the upper Cholesky factor of the dampened inverse
     Hessian (the Optimal Brain Surgeon update). Inputs that never fire get zero weights."""
     shape = weight.shape
     W = weight.detach().reshape(shape[0], -1).double().clone()
@@ -299,7 +299,7 @@ def _obs_sweep_(weight: torch.Tensor, hessian: torch.Tensor, compress, block: in
         Q1 = torch.zeros_like(W1)
         Err1 = torch.zeros_like(W1)
         Hinv1 = Hinv[i1:i2, i1:i2]
-        column = compress(W1, Hinv1)
+        column = compress(W1, Hinv1, i1)
         for i in range(i2 - i1):
             w = W1[:, i]
             q = column(i, w)
@@ -323,7 +323,7 @@ def sparsegpt_(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float, blo
     Accurately Pruned in One-Shot", ICML 2023), itself the Optimal Brain Surgeon update of
     OBC (Frantar & Alistarh, NeurIPS 2022). The mask is chosen per block of columns."""
 
-    def compress(W1, Hinv1):
+    def compress(W1, Hinv1, _i1):
         score = W1 ** 2 / torch.diag(Hinv1).reshape(1, -1) ** 2
         k = int(score.numel() * sparsity)
         mask = torch.zeros_like(W1, dtype=torch.bool)
@@ -339,8 +339,15 @@ def gptq_(weight: torch.Tensor, hessian: torch.Tensor, bits: int, scale: torch.T
     """Round ``weight`` (out x in[, 1, 1]) to ``bits`` with per-channel ``scale``, column by
     column, pushing each column's rounding error onto the columns not yet rounded through
     the inverse Hessian of the layer's inputs: GPTQ (Frantar et al., "GPTQ: Accurate
-    Post-Training Quantization for Generative Pre-trained Transformers", ICLR 2023)."""
+    Post-Training Quantization for Generative Pre-trained Transformers", ICLR 2023).
+    Weights that are zero (pruned) stay zero: their share of the error goes to the others."""
     qmax = 2 ** (bits - 1) - 1
     s = scale.reshape(-1).double()
-    _obs_sweep_(weight, hessian, lambda W1, Hinv1: lambda i, w: torch.clamp(torch.round(w / s), -qmax, qmax) * s,
-                block, damp)
+    zero = (weight.detach() == 0).reshape(weight.shape[0], -1)
+
+    def compress(W1, Hinv1, i1):
+        pruned = zero[:, i1:i1 + W1.shape[1]]
+        return lambda i, w: torch.where(pruned[:, i], torch.zeros_like(w),
+                                        torch.clamp(torch.round(w / s), -qmax, qmax) * s)
+
+    _obs_sweep_(weight, hessian, compress, block, damp)
