@@ -282,8 +282,9 @@ def _obs_sweep_(weight: torch.Tensor, hessian: torch.Tensor, compress, block: in
 
     ``compress(W1, Hinv1, i1)`` is called for each block of columns (the first is column
     ``i1``) and returns ``f(i, w)``, which gives column ``i``'s compressed values; each
-    column's error is pushed onto the columns not yet compressed through the upper Cholesky factor of the dampened inverse
-    Hessian (the Optimal Brain Surgeon update). Inputs that never fire get zero weights."""
+    column's error is pushed onto the columns not yet compressed through the upper Cholesky
+    factor of the dampened inverse Hessian (the Optimal Brain Surgeon update). Inputs that
+    never fire get zero weights."""
     shape = weight.shape
     W = weight.detach().reshape(shape[0], -1).double().clone()
     H = hessian.clone()
