@@ -12,7 +12,7 @@ ICON_SIZES := 16 32 48 64 128 256
 $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --upgrade pip >/dev/null
-	$(VENV)/bin/python -m pip install -e '.[test]'
+	$(VENV)/bin/python -m pip install --no-cache-dir -e '.[test]'
 	touch $(STAMP)
 
 run: $(STAMP)

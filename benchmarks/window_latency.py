@@ -25,6 +25,7 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--images", default=None)
     parser.add_argument("--limit", type=int, default=50)
+    parser.add_argument("--configs", default=",".join(CONFIGS), help="which of: " + ", ".join(CONFIGS))
     args = parser.parse_args()
     from PySide6.QtWidgets import QApplication
 
@@ -42,8 +43,8 @@ def main() -> int:
     w = build_window(source=images)
     w.show()
     rows = []
-    for name, changes in CONFIGS.items():
-        config = OptimizationConfig(**changes)
+    for name in args.configs.split(","):
+        config = OptimizationConfig(**CONFIGS[name])
         w.set_config(config)
         end = time.monotonic() + 900
         while not (w.report() and w.controller.measured_result.optimized.config == config):

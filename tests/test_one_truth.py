@@ -146,6 +146,25 @@ def test_accuracy_counts_only_the_images_after_the_calibration_images(imagenet_s
 
 
 @pytest.mark.gui
+def test_no_busy_animation_while_a_latency_is_timed(qtbot, folder):
+    """A step without a count (latency timing among them) hides the progress bar instead of
+    starting Qt's busy animation: it repaints without end, under Xvfb it took 40 % of a core,
+    and the window's latencies came out above the CLI's."""
+    w = _open(qtbot, source=str(folder))
+    seen = []  # connected after the window's own slot, so this sees the bar as it left it
+    w.controller.progress.connect(lambda step: seen.append((step, w.progress.isHidden(), w.progress.maximum())))
+    w.set_config(OptimizationConfig(bits=8))
+    qtbot.waitUntil(lambda: w.report() is not None and w.report()["config"]["bits"] == 8, timeout=LONG)
+    assert any(step.startswith("measuring latency") and hidden for step, hidden, _ in seen), seen
+    assert all(hidden or maximum > 0 for _, hidden, maximum in seen), seen
+    w._on_progress("reading 3/10")
+    assert not w.progress.isHidden() and (w.progress.value(), w.progress.maximum()) == (3, 10)
+    w._on_progress("measuring latency")
+    assert w.progress.isHidden() and w.progress.maximum() > 0
+    w.close()
+
+
+@pytest.mark.gui
 def test_bits_slider_to_4_gives_weights_only(qtbot):
     w = _open(qtbot)
     qtbot.waitUntil(lambda: w.ws is not None, timeout=LONG)

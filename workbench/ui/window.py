@@ -222,7 +222,8 @@ class MainWindow(QMainWindow):
         self.reopen_button.clicked.connect(lambda: (self.reopen_button.hide(), c.reopen()))
         c.status.connect(self._show_status)
         c.progress.connect(self._on_progress)
-        c.busy_changed.connect(lambda busy: (self.progress.setVisible(busy), self.cancel_button.setVisible(busy)))
+        c.busy_changed.connect(lambda busy: (self.progress.setVisible(busy and not self.progress.isHidden()),
+                                             self.cancel_button.setVisible(busy)))
         c.loaded.connect(self._on_loaded)
         c.frame_changed.connect(self._on_frame_changed)
         c.predicted.connect(self._on_predicted)
@@ -427,9 +428,13 @@ class MainWindow(QMainWindow):
     def _on_progress(self, step: str) -> None:
         notice = self.controller.notice  # a source's problem stays in view while jobs report progress
         self._show_status(f"{step}  ·  {notice}" if notice else step, bool(notice))
+        # a step without a count shows no bar: Qt's busy animation repaints without end (under
+        # Xvfb a 200-pixel one took 40 % of a core), and a latency timed meanwhile came out
+        # 1.1-1.7x too high on 2 cores; the status text and the Cancel button say it is busy
         m = re.search(r"(\d+)/(\d+)", step)
-        self.progress.setRange(0, int(m.group(2)) if m else 0)
+        self.progress.setVisible(bool(m))
         if m:
+            self.progress.setRange(0, int(m.group(2)))
             self.progress.setValue(int(m.group(1)))
 
     def show_status(self, text: str, error: bool = False) -> None:
