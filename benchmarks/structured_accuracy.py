@@ -72,12 +72,13 @@ def main(argv=None) -> None:
     p.add_argument("--round-to", type=int, default=16, help="kept hidden channels are multiples of this (the product: 16)")
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     p.add_argument("--latency-runs", type=int, default=30)
+    p.add_argument("--prune-threads", type=int, default=1, help="torch threads while pruning and scoring")
     p.add_argument("--seed", type=int, default=0, help="shuffle seed of the calibration / scoring split")
     p.add_argument("--no-plain", action="store_true", help="skip the variant without least squares")
     p.add_argument("--recover-seconds", type=float, default=0.0,
                    help="then distil from the original on augmented calibration images for this long")
     args = p.parse_args(argv)
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.prune_threads)
 
     loaded = load_model("efficientnet_lite0")
     frames = sorted(open_source(args.images), key=lambda f: f.origin)
