@@ -429,8 +429,8 @@ class MainWindow(QMainWindow):
         notice = self.controller.notice  # a source's problem stays in view while jobs report progress
         self._show_status(f"{step}  ·  {notice}" if notice else step, bool(notice))
         # a step without a count shows no bar: Qt's busy animation repaints without end (under
-        # Xvfb a 200-pixel one took 40 % of a core), and a latency timed meanwhile came out
-        # 1.1-1.7x too high on 2 cores; the status text and the Cancel button say it is busy
+        # Xvfb a 200-pixel one took 40 % of a core), and the latencies timed meanwhile came out
+        # 1.1-1.2x the CLI's on 2 cores; the status text and the Cancel button say it is busy
         m = re.search(r"(\d+)/(\d+)", step)
         self.progress.setVisible(bool(m))
         if m:
