@@ -331,3 +331,35 @@ def test_latency_plot_starts_at_zero(qtbot):
     assert low == 0 and 23.5 < high < 30
     for w in plots.widgets():
         w.deleteLater()
+
+
+_MALLOC_PROBE = """
+import ctypes, json
+from workbench.core.process import machine, setup_process
+
+class Info(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
+                 "keepcost")]
+
+libc = ctypes.CDLL("libc.so.6")
+libc.mallinfo2.restype = Info
+libc.malloc.restype = ctypes.c_void_p
+setup_process()
+before = libc.mallinfo2().hblkhd
+block = libc.malloc(8 << 20)  # below the fixed 32 MiB threshold: from the heap, not a mapping of its own
+mapped = libc.mallinfo2().hblkhd - before
+libc.free(ctypes.c_void_p(block))
+print(json.dumps({"malloc": machine()["malloc"], "mapped": mapped}))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc thresholds: Linux only")
+def test_the_allocator_is_fixed_for_every_process_that_times():
+    """Latencies must not follow the process's history: glibc's adaptive mmap threshold made the
+    window's start-up latency 1.4x compare's. setup_process fixes the thresholds and says so."""
+    out = subprocess.run([sys.executable, "-c", _MALLOC_PROBE], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    probe = json.loads(out.stdout)
+    assert probe["malloc"] == {"mmap_threshold": 32 << 20, "trim_threshold": 256 << 20}
+    assert probe["mapped"] == 0

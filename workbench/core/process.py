@@ -27,6 +27,7 @@ def setup_process(threads: int | None = None) -> None:
         _timing_threads = torch.get_num_threads()
     flush_denormals()
     if not _done:
+        fix_allocator()
         logging.getLogger().addFilter(_DropOrtAdvice())
         try:
             import onnxruntime
@@ -35,6 +36,35 @@ def setup_process(threads: int | None = None) -> None:
         except ImportError:  # pragma: no cover - a dependency, but keep the CLI usable without it
             pass
         _done = True
+
+
+_ALLOCATOR = {"mmap_threshold": 32 << 20, "trim_threshold": 256 << 20}
+_allocator: dict | None = None
+
+
+def fix_allocator() -> None:
+    """Linux (glibc): fixed malloc thresholds for the whole process, so that a latency does not
+    depend on what the process allocated and freed before it.
+
+    glibc raises its mmap threshold to the size of the largest block freed so far: a forward pass
+    then re-uses heap memory in one process and maps fresh (zeroed, faulting) pages in another.
+    The same model timed 40-45 ms in a window at start-up and 23-26 ms after a pruning job had
+    run (AMD EPYC, 2 threads); with these thresholds fixed the start-up read 22.7-28 ms and
+    ``compare`` 20.6-20.9 ms (docs/benchmarks.md, session 25). The CLI and the window both call
+    this, so their figures come from the same allocator settings; ``machine()`` reports them."""
+    global _allocator
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        ok = libc.mallopt(-3, _ALLOCATOR["mmap_threshold"]) and libc.mallopt(-1, _ALLOCATOR["trim_threshold"])
+    except (OSError, AttributeError):  # not glibc (musl has no mallopt)
+        return
+    if ok:  # M_MMAP_THRESHOLD = -3, M_TRIM_THRESHOLD = -1
+        _allocator = dict(_ALLOCATOR)
 
 
 def timing_threads() -> int | None:
@@ -67,7 +97,8 @@ def machine() -> dict:
             cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
     except OSError:
         pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads()}
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "malloc": _allocator or "default"}
 
 
 def cache_dir() -> Path:
