@@ -248,3 +248,27 @@ def test_distillation_never_ends_worse_on_its_held_out_images(tiny, tiny_inputs)
     steps = [s for s in distill_steps(result.model, tiny, tiny_inputs, seconds=2, lr=1.0, check_every=0.2)
              if isinstance(s, dict)]
     assert steps and _kl_batches(teacher, result.model, held) <= before + 1e-9
+
+
+def test_recovery_teaches_only_the_calibration_images(tiny, tiny_inputs, monkeypatch):
+    """The window's "Recover accuracy" must not learn from the images its report scores."""
+    from types import SimpleNamespace
+
+    from workbench.core import recover, session
+    from workbench.core.config import MeasureSettings
+
+    seen = []
+    real = recover.distill_steps
+
+    def spy(student, teacher, images, **kw):
+        seen.extend(images)
+        yield from real(student, teacher, images, **kw)
+
+    monkeypatch.setattr(recover, "distill_steps", spy)
+    monkeypatch.setattr(session, "_measured", lambda ws, opt, folder, settings: opt)  # figures: elsewhere
+    ws = session.Workspace(loaded=SimpleNamespace(model=tiny), source=None, inputs=list(tiny_inputs))
+    opt = optimize(tiny, OptimizationConfig(sparsity=0.5), tiny_inputs[:4])
+    steps = list(session.recover_job(ws, SimpleNamespace(optimized=opt), MeasureSettings(calibration_images=4),
+                                     seconds=0.5))
+    assert [id(x) for x in seen] == [id(x) for x in tiny_inputs[:4]]
+    assert steps[-1].methods[-1] == "distillation (0 s, on the 4 calibration images)"

@@ -324,8 +324,9 @@ def sensitivity_job(ws: Workspace, config: OptimizationConfig) -> Iterator[str |
 
 def recover_job(ws: Workspace, measured: Measured, settings: MeasureSettings,
                 seconds: float = 60.0) -> Iterator[str | Measured]:
-    """Distil a copy of the optimized model from the original on the workspace's frames,
-    for at most ``seconds``; yields progress, then the re-measured model."""
+    """Distil a copy of the optimized model from the original on the images that calibrate
+    (never on the ones that are scored: the report's accuracy must stay on images the model
+    has not learned from), for at most ``seconds``; yields progress, then the re-measured model."""
     import copy
 
     from .recover import distill_steps
@@ -334,10 +335,12 @@ def recover_job(ws: Workspace, measured: Measured, settings: MeasureSettings,
     if opt.model is not opt.float_model:
         raise ValueError("recovery fine-tunes float torch models: use 32 bits, the torch runtime and the CPU")
     student = copy.deepcopy(opt.float_model)
-    for step in distill_steps(student, ws.loaded.model, ws.inputs, seconds=seconds):
+    teach = ws.calibration(settings.calibration_images)
+    for step in distill_steps(student, ws.loaded.model, teach, seconds=seconds):
         if isinstance(step, str):
             yield step
     recovered = dataclasses.replace(opt, model=student, float_model=student,
-                                    methods=opt.methods + [f"distillation ({seconds:.0f} s)"])
+                                    methods=opt.methods + [f"distillation ({seconds:.0f} s, on the {len(teach)} "
+                                                           "calibration images)"])
     yield "measuring the recovered model"
     yield _measured(ws, recovered, ws.config_dir(), settings)
