@@ -51,8 +51,10 @@ def fix_allocator() -> None:
     The same model timed 40-45 ms in a window at start-up and 23-26 ms after a pruning job had
     run (AMD EPYC, 2 threads); with these thresholds fixed the start-up read 22.7-28 ms and
     ``compare`` 20.6-20.9 ms (docs/benchmarks.md, session 25). On the Xeon the window's start-up
-    figure was 1.31-1.54x ``compare``'s, and 1.00-1.07x with them fixed (session 26). The CLI and the window both call
-    this, so their figures come from the same allocator settings; ``machine()`` reports them."""
+    figure was 1.31-1.54x ``compare``'s, and 1.00-1.07x with them fixed (session 26). The CLI and
+    the window both call this, so their figures come from the same allocator settings;
+    ``machine()`` reports them. Not cured: a process that has prepared a pruning database times
+    1.1-1.2x slower afterwards (a fragmented heap; session 26)."""
     global _allocator
     import ctypes
     import sys
