@@ -1,9 +1,11 @@
 """OBC-style pruning database (workbench.core.prune_obc): budget, what changes, cache, cancel."""
 
 import copy
+import os
 import random
 
 import numpy as np
+import psutil
 import pytest
 import torch
 from conftest import TinyNet
@@ -216,6 +218,48 @@ def test_the_generator_can_be_cancelled(tiny, tiny_inputs, tmp_path):
     assert "views" in next(steps)
     steps.close()
     assert not list(tmp_path.iterdir())
+
+
+def _same_weights(a, b):
+    return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+def test_an_isolated_preparation_runs_in_a_child_and_gives_the_same_database(tiny, tiny_inputs, db, tmp_path):
+    steps = list(prepare_steps(tiny, tiny_inputs, cache_dir=tmp_path, isolate=True))
+    child = steps[-1]
+    assert isinstance(child, PruneDatabase) and child.key == db.key
+    assert child.info["pid"] != os.getpid() and db.info["pid"] == os.getpid()
+    assert any("layers" in s for s in steps if isinstance(s, str))  # the child's progress came through
+    a, b = copy.deepcopy(tiny), copy.deepcopy(tiny)
+    assert child.apply_(a, 0.5) == db.apply_(b, 0.5) and _same_weights(a, b)
+    # the next preparation loads the cache here, starting no child
+    again = prepare(tiny, tiny_inputs, cache_dir=tmp_path, isolate=True)
+    assert again.info["pid"] == child.info["pid"] and not psutil.Process().children()
+
+
+def test_cancelling_an_isolated_preparation_kills_the_child(tiny, tiny_inputs, tmp_path):
+    steps = prepare_steps(tiny, tiny_inputs, cache_dir=tmp_path, isolate=True, batch_size=2)
+    assert "views" in next(steps)
+    children = psutil.Process().children()
+    assert len(children) == 1
+    steps.close()
+    assert not children[0].is_running() or children[0].status() == psutil.STATUS_ZOMBIE
+    assert not list(tmp_path.iterdir())
+
+
+class _Unpicklable(TinyNet):
+    def __init__(self):
+        super().__init__()
+        self.hook = lambda x: x  # pickle cannot store a lambda
+
+
+def test_a_model_that_cannot_go_to_a_child_is_prepared_here(tiny, tiny_inputs, db, tmp_path):
+    model = _Unpicklable()
+    model.load_state_dict(tiny.state_dict())
+    here = prepare(model.eval(), tiny_inputs, cache_dir=tmp_path, isolate=True)
+    assert here.info["pid"] == os.getpid() and not psutil.Process().children()
+    a, b = copy.deepcopy(tiny), copy.deepcopy(tiny)
+    assert here.apply_(a, 0.5) == db.apply_(b, 0.5) and _same_weights(a, b)
 
 
 @pytest.mark.data

@@ -263,7 +263,8 @@ def prune_obc(work, original, config, calibration, result) -> Iterator[str]:
     key = (id(original), tuple(id(x) for x in calibration), tuple(config.exclude))
     db = _OBC_DATABASES.get(key, (None,))[-1]  # the entry holds the objects: their ids stay theirs
     if db is None:
-        db = yield from relay(prepare_steps(original, calibration, config.exclude, cache_dir=cache_dir()))
+        db = yield from relay(prepare_steps(original, calibration, config.exclude, cache_dir=cache_dir(),
+                                                 isolate=True))
         _OBC_DATABASES.clear()  # one at a time: a database of Lite0 holds about 120 MB
         _OBC_DATABASES[key] = (original, list(calibration), db)
     reach = db.max_sparsity()
