@@ -155,3 +155,14 @@ def test_augmented_views():
     views = augmented_views([x, x], 4)
     assert len(views) == 8 and all(v.shape == x.shape for v in views)
     assert torch.equal(views[1], x.flip(3))
+
+
+def test_pruning_in_a_child_process_gives_the_same_model(net, images):
+    """The product prunes channels in a child process (optimize.prune_hidden, isolate.isolated)."""
+    from workbench.core.isolate import isolated
+
+    here = prune_hidden_channels(net, 0.7, images, **FAST)
+    there = list(isolated(prune_hidden_channels_steps, net, 0.7, images, **FAST))[-1]
+    assert there["allocation"] == here["allocation"] and there["macs"] == here["macs"]
+    a, b = here["model"].state_dict(), there["model"].state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -278,14 +278,16 @@ def prune_obc(work, original, config, calibration, result) -> Iterator[str]:
 
 
 def prune_hidden(work, original, config, calibration, result) -> Iterator[str]:
-    """Hidden channels of inverted-residual blocks, least-squares project convs (prune_channels)."""
+    """Hidden channels of inverted-residual blocks, least-squares project convs (prune_channels),
+    in a child process (:func:`.isolate.isolated`: the latencies timed here stay true)."""
+    from .isolate import isolated
     from .prune_channels import HIDDEN_MULTIPLE, prune_hidden_channels_steps
 
     if len(calibration) < 2:
         raise OptimizeError("structured pruning with reconstruction needs calibration images (32 or more)")
-    out = yield from relay(prune_hidden_channels_steps(work, 1.0 - config.sparsity, calibration,
-                                                       round_to=max(config.round_to, HIDDEN_MULTIPLE), exclude=config.exclude,
-                                                       sensitivity_images=max(1, min(32, len(calibration) // 2))))
+    out = yield from relay(isolated(prune_hidden_channels_steps, work, 1.0 - config.sparsity, list(calibration),
+                                    round_to=max(config.round_to, HIDDEN_MULTIPLE), exclude=config.exclude,
+                                    sensitivity_images=max(1, min(32, len(calibration) // 2))))
     result.model = result.float_model = out["model"]
     result.allocation["kept_channels"] = {n: round(f, 4) for n, f in out["allocation"].items()}
     result.methods += ["per-block ratios from measured loss", "least-squares reconstruction (OBS channel choice)"]

@@ -496,10 +496,9 @@ def prepare_steps(model: nn.Module, calibration: Sequence[torch.Tensor], exclude
     for the classifier (its pooled inputs have fewer rows than it has inputs) -5.4 / -6.7 /
     -5.1, and -38.0 instead of -42.2 on average at 70 %.
 
-    ``isolate`` (with a ``cache_dir``): prepare in a child process that writes the cache, then
-    load it here. The preparation allocates and frees gigabytes of temporaries, and a process
-    that did it times every model 1.1-1.2x slower afterwards (a fragmented heap; session 26):
-    the CLI and the window prepare this way so that their latencies stay true."""
+    ``isolate``: prepare in a child process (:func:`.isolate.isolated`; it writes the cache too).
+    The CLI and the window prepare this way: a process that prepared a database itself timed
+    every model 1.1-1.2x slower afterwards (a fragmented heap; sessions 26 and 27)."""
     key = fingerprint(model, calibration, exclude, f"flips={flips} fisher={fisher_images} damp={damp},{linear_damp} rowf={row_fisher} dw={depthwise_images} "
                                                   f"probe={probe_images},{sorted(probe_levels)},{sorted(probe_kinds)}")
     path = Path(cache_dir) / f"prune-obc-{key}.pt" if cache_dir is not None else None
@@ -511,16 +510,15 @@ def prepare_steps(model: nn.Module, calibration: Sequence[torch.Tensor], exclude
             return
     if not calibration:
         raise ValueError("the pruning database needs calibration images")
-    if isolate and path is not None:
-        kw = dict(flips=flips, fisher_images=fisher_images, depthwise_images=depthwise_images, damp=damp,
-                  linear_damp=linear_damp, batch_size=batch_size, row_fisher=row_fisher,
-                  probe_images=probe_images, probe_levels=tuple(probe_levels), probe_kinds=tuple(probe_kinds))
-        if (yield from _prepare_in_child(model, calibration, exclude, Path(cache_dir), kw)):
-            db = PruneDatabase.load(path)
-            if db is not None and db.key == key:
-                yield db
-                return
-            raise RuntimeError("the pruning database prepared in a child process could not be read back")
+    if isolate:
+        from .isolate import isolated
+
+        yield from isolated(prepare_steps, model, calibration, exclude, cache_dir, flips=flips,
+                            fisher_images=fisher_images, depthwise_images=depthwise_images, damp=damp,
+                            linear_damp=linear_damp, batch_size=batch_size, row_fisher=row_fisher,
+                            probe_images=probe_images, probe_levels=tuple(probe_levels),
+                            probe_kinds=tuple(probe_kinds))
+        return
     work = copy.deepcopy(model).eval()
     for p in work.parameters():
         p.requires_grad_(False)
@@ -665,93 +663,6 @@ def prepare_steps(model: nn.Module, calibration: Sequence[torch.Tensor], exclude
     if path is not None:
         db.save(path)
     yield db
-
-
-_UNREADABLE_JOB = 3  # the child's exit status when it cannot unpickle the job
-
-
-def _prepare_in_child(model: nn.Module, calibration: Sequence[torch.Tensor], exclude: Sequence[str],
-                      cache_dir: Path, kw: dict) -> Iterator[str]:
-    """Run :func:`prepare_steps` in a child Python process that writes ``cache_dir``; relay its
-    progress. Returns False, having written nothing, when the model cannot be pickled here or
-    unpickled there (the caller then prepares here). The child runs only while this thread holds the app lock's
-    shared side (it is stopped between progress lines), so that no latency is timed beside it;
-    closing the generator (cancel) kills it."""
-    import signal
-    import subprocess
-    import sys
-    import tempfile
-
-    import workbench
-
-    from .process import timing_threads
-
-    tmp = Path(tempfile.mkdtemp(prefix="workbench-prepare-"))
-    try:
-        job = tmp / "job.pt"
-        try:
-            torch.save({"model": model, "calibration": list(calibration), "exclude": list(exclude),
-                        "cache_dir": str(cache_dir), "kw": kw, "threads": timing_threads() or torch.get_num_threads()},
-                       job)
-        except Exception:  # e.g. a TorchScript model, or a class defined in a notebook
-            return False
-        env = dict(os.environ)  # the child imports what this process can (the model's classes)
-        paths = [str(Path(workbench.__file__).resolve().parents[1])] + [p for p in sys.path if p]
-        env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
-        with open(tmp / "stderr.txt", "wb") as err:
-            proc = subprocess.Popen([sys.executable, "-c", "from workbench.core.prune_obc import _child; _child()",
-                                     str(job)], stdout=subprocess.PIPE, stderr=err, env=env, text=True, bufsize=1)
-        pause = getattr(signal, "SIGSTOP", None)
-        try:
-            while True:
-                with running():
-                    if pause is not None:
-                        proc.send_signal(signal.SIGCONT)
-                    line = proc.stdout.readline()
-                    if pause is not None and line:
-                        proc.send_signal(pause)
-                if not line:
-                    break
-                yield line.rstrip("\n")
-            if proc.wait() == _UNREADABLE_JOB:  # e.g. the model's class lives in a notebook's __main__
-                return False
-            if proc.returncode != 0:
-                tail = (tmp / "stderr.txt").read_text(errors="replace").strip().splitlines()[-1:]
-                raise RuntimeError("preparing the pruning database failed: " + (tail[0] if tail else f"exit {proc.returncode}"))
-            return True
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-            proc.stdout.close()
-    finally:
-        for f in tmp.iterdir():
-            f.unlink()
-        tmp.rmdir()
-
-
-def _child() -> None:
-    """The child of :func:`_prepare_in_child`: ``python -c ... JOB``."""
-    import sys
-
-    from .process import setup_process
-
-    if sys.platform.startswith("linux"):  # die with the parent, even while stopped (PR_SET_PDEATHSIG)
-        import ctypes
-        import signal
-
-        ppid = os.getppid()
-        ctypes.CDLL(None).prctl(1, int(signal.SIGKILL))
-        if os.getppid() != ppid:
-            return
-    try:
-        job = torch.load(sys.argv[1], weights_only=False)  # written by the parent, in its private temp folder
-    except Exception:
-        sys.exit(_UNREADABLE_JOB)
-    setup_process(job["threads"])
-    for step in prepare_steps(job["model"], job["calibration"], job["exclude"], Path(job["cache_dir"]), **job["kw"]):
-        if isinstance(step, str):
-            print(step, flush=True)
 
 
 def _interpolate(k: int, levels: Sequence[int], values: Sequence[float]) -> float:

@@ -1,0 +1,47 @@
+"""workbench.core.isolate: a step generator run in a child process."""
+
+import os
+
+import psutil
+import pytest
+
+from workbench.core.isolate import isolated
+
+
+def counting_steps(n, fail=False, extra=None):
+    for i in range(n):
+        yield f"step {i + 1}/{n}"
+    if fail:
+        raise ValueError("no such layer: blocks.99")
+    yield {"pid": os.getpid(), "n": n}
+
+
+def test_a_step_generator_runs_in_a_child_and_its_progress_and_value_come_back():
+    steps = list(isolated(counting_steps, 3))
+    assert steps[:3] == ["step 1/3", "step 2/3", "step 3/3"]
+    value = steps[-1]
+    assert value["n"] == 3 and value["pid"] != os.getpid()
+    assert not psutil.Process().children()
+
+
+def test_an_error_in_the_child_is_raised_here_with_its_message():
+    with pytest.raises(RuntimeError, match="counting_steps failed.*no such layer: blocks.99"):
+        list(isolated(counting_steps, 2, fail=True))
+    assert not psutil.Process().children()
+
+
+def test_what_cannot_be_pickled_runs_here():
+    # a lambda cannot be pickled (and is truthy): the generator's own ValueError, raised here,
+    # not the RuntimeError that reports a child's failure
+    with pytest.raises(ValueError, match="blocks.99"):
+        list(isolated(counting_steps, 1, fail=lambda: None))
+    assert list(isolated(counting_steps, 1, extra=lambda: None))[-1]["pid"] == os.getpid()
+
+
+def test_closing_kills_the_child():
+    steps = isolated(counting_steps, 10**6)
+    assert next(steps) == "step 1/1000000"
+    children = psutil.Process().children()
+    assert len(children) == 1
+    steps.close()
+    assert not children[0].is_running() or children[0].status() == psutil.STATUS_ZOMBIE

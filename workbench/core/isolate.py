@@ -1,0 +1,109 @@
+"""Heavy preparations run in a child process, so that this process's heap stays as it was.
+
+Preparing an OBC pruning database or pruning channels with least squares allocates and frees
+gigabytes of temporaries. glibc's heap is left fragmented, and every model the process times
+afterwards reads 1.1-1.2x slower than in a process that did not prepare (docs/benchmarks.md,
+sessions 26 and 27): the latencies the window and ``compare`` show must be what a user would
+get. :func:`isolated` runs such a step generator in a fresh Python process and hands back its
+result; this process only loads it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import torch
+
+from .locks import running
+
+_UNREADABLE_JOB = 3  # the child's exit status when it cannot unpickle the job
+
+
+def isolated(steps: Callable[..., Iterator], *args, **kwargs) -> Iterator:
+    """``steps(*args, **kwargs)`` (a module-level step generator: progress strings, then its
+    value) run in a child process; yields the child's progress strings, then the value. Where
+    the job cannot be pickled here or unpickled there (a TorchScript model, a class defined in
+    a notebook), it runs here instead.
+
+    The child runs only while this thread holds the app lock's shared side (it is stopped
+    between progress lines), so no latency is timed beside it; closing the generator (cancel)
+    kills it. It uses this process's torch threads and dies with this process."""
+    import workbench
+
+    from .process import timing_threads
+
+    tmp = Path(tempfile.mkdtemp(prefix="workbench-child-"))
+    try:
+        job, result = tmp / "job.pt", tmp / "result.pt"
+        try:
+            torch.save({"steps": steps, "args": args, "kwargs": kwargs, "result": str(result),
+                        "threads": timing_threads() or torch.get_num_threads()}, job)
+        except Exception:  # pickle cannot store it
+            yield from steps(*args, **kwargs)
+            return
+        env = dict(os.environ)  # the child imports what this process can (the model's classes)
+        paths = [str(Path(workbench.__file__).resolve().parents[1])] + [p for p in sys.path if p]
+        env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+        with open(tmp / "stderr.txt", "wb") as err:
+            proc = subprocess.Popen([sys.executable, "-c", "from workbench.core.isolate import _child; _child()",
+                                     str(job)], stdout=subprocess.PIPE, stderr=err, env=env, text=True, bufsize=1)
+        pause = getattr(signal, "SIGSTOP", None)  # POSIX
+        try:
+            while True:
+                with running():
+                    if pause is not None:
+                        proc.send_signal(signal.SIGCONT)
+                    line = proc.stdout.readline()
+                    if pause is not None and line:
+                        proc.send_signal(pause)
+                if not line:
+                    break
+                yield line.rstrip("\n")
+            if proc.wait() == _UNREADABLE_JOB:
+                yield from steps(*args, **kwargs)
+                return
+            if proc.returncode != 0:
+                tail = (tmp / "stderr.txt").read_text(errors="replace").strip().splitlines()[-1:]
+                raise RuntimeError(f"{getattr(steps, '__name__', 'a preparation')} failed in its child process: "
+                                   + (tail[0] if tail else f"exit status {proc.returncode}"))
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            proc.stdout.close()
+        yield torch.load(result, weights_only=False)  # written by the child, in this private folder
+    finally:
+        for f in tmp.iterdir():
+            f.unlink()
+        tmp.rmdir()
+
+
+def _child() -> None:
+    """The child of :func:`isolated`: ``python -c ... JOB``."""
+    if sys.platform.startswith("linux"):  # die with the parent, even while stopped (PR_SET_PDEATHSIG)
+        import ctypes
+
+        ppid = os.getppid()
+        ctypes.CDLL(None).prctl(1, int(signal.SIGKILL))
+        if os.getppid() != ppid:
+            return
+    from .process import setup_process
+
+    try:
+        job = torch.load(sys.argv[1], weights_only=False)  # written by the parent, in its private folder
+    except Exception:
+        sys.exit(_UNREADABLE_JOB)
+    setup_process(job["threads"])
+    value = None
+    for step in job["steps"](*job["args"], **job["kwargs"]):
+        if isinstance(step, str):
+            print(step, flush=True)
+        else:
+            value = step
+    torch.save(value, job["result"])
