@@ -423,7 +423,14 @@ class MainWindow(QMainWindow):
 
         if timing():
             return
-        self.plots.add_rss(psutil.Process().memory_info().rss / 1e6)
+        me = psutil.Process()
+        rss = me.memory_info().rss
+        for child in me.children():  # a preparation running in a child process (core.isolate)
+            try:
+                rss += child.memory_info().rss
+            except psutil.Error:  # it ended meanwhile
+                pass
+        self.plots.add_rss(rss / 1e6)
 
     def _on_progress(self, step: str) -> None:
         notice = self.controller.notice  # a source's problem stays in view while jobs report progress
