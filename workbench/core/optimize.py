@@ -264,7 +264,7 @@ def prune_obc(work, original, config, calibration, result) -> Iterator[str]:
     db = _OBC_DATABASES.get(key, (None,))[-1]  # the entry holds the objects: their ids stay theirs
     if db is None:
         db = yield from relay(prepare_steps(original, calibration, config.exclude, cache_dir=cache_dir(),
-                                                 isolate=True))
+                                            isolate=True))  # in a child process: the timings here stay true
         _OBC_DATABASES.clear()  # one at a time: a database of Lite0 holds about 120 MB
         _OBC_DATABASES[key] = (original, list(calibration), db)
     reach = db.max_sparsity()
