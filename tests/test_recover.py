@@ -254,17 +254,17 @@ def test_recovery_teaches_only_the_calibration_images(tiny, tiny_inputs, monkeyp
     """The window's "Recover accuracy" must not learn from the images its report scores."""
     from types import SimpleNamespace
 
-    from workbench.core import recover, session
+    from workbench.core import isolate, recover, session
     from workbench.core.config import MeasureSettings
 
     seen = []
-    real = recover.distill_steps
 
-    def spy(student, teacher, images, **kw):
-        seen.extend(images)
-        yield from real(student, teacher, images, **kw)
+    def spy(steps, *args, **kw):  # runs here, so that the images can be compared
+        if steps is recover.distilled_steps:
+            seen.extend(args[2])
+        yield from steps(*args, **kw)
 
-    monkeypatch.setattr(recover, "distill_steps", spy)
+    monkeypatch.setattr(isolate, "isolated", spy)
     monkeypatch.setattr(session, "_measured", lambda ws, opt, folder, settings: opt)  # figures: elsewhere
     ws = session.Workspace(loaded=SimpleNamespace(model=tiny), source=None, inputs=list(tiny_inputs))
     opt = optimize(tiny, OptimizationConfig(sparsity=0.5), tiny_inputs[:4])
@@ -272,3 +272,16 @@ def test_recovery_teaches_only_the_calibration_images(tiny, tiny_inputs, monkeyp
                                      seconds=0.5))
     assert [id(x) for x in seen] == [id(x) for x in tiny_inputs[:4]]
     assert steps[-1].methods[-1] == "distillation (0 s, on the 4 calibration images)"
+
+
+def test_recovery_trains_a_copy_in_a_child_process(tiny, tiny_inputs):
+    from workbench.core.isolate import isolated
+    from workbench.core.recover import distilled_steps
+
+    result = optimize(tiny, OptimizationConfig(sparsity=0.6, prune_method="unstructured"), tiny_inputs)
+    before = {k: v.clone() for k, v in result.model.state_dict().items()}
+    steps = list(isolated(distilled_steps, result.model, tiny, tiny_inputs, seconds=1, lr=1e-3, check_every=0.2))
+    student = steps[-1]
+    assert isinstance(student, torch.nn.Module) and student is not result.model
+    assert all(torch.equal(v, result.model.state_dict()[k]) for k, v in before.items())  # the original copy stays
+    assert any(not torch.equal(v, student.state_dict()[k]) for k, v in before.items())  # the copy was trained

@@ -14,6 +14,7 @@ References
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Iterator, Sequence
 
@@ -183,6 +184,17 @@ def _kl_batches(teacher_logp: list[torch.Tensor], student: nn.Module, batches: l
     with torch.no_grad(), running():
         total = sum(float((t.exp() * (t - F.log_softmax(student(b), 1))).sum()) for t, b in zip(teacher_logp, batches))
     return total / max(1, sum(len(b) for b in batches))
+
+
+def distilled_steps(student: nn.Module, teacher: nn.Module, images: Sequence[torch.Tensor],
+                    **kwargs) -> Iterator[str | nn.Module]:
+    """:func:`distill_steps` on a copy of ``student``: its progress strings, then the copy (a step
+    generator for :func:`.isolate.isolated`, which gives the training a process of its own)."""
+    student = copy.deepcopy(student)
+    for step in distill_steps(student, teacher, images, **kwargs):
+        if isinstance(step, str):
+            yield step
+    yield student
 
 
 def distill_steps(student: nn.Module, teacher: nn.Module, images: Sequence[torch.Tensor], *,
