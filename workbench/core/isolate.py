@@ -1,7 +1,7 @@
 """Heavy preparations run in a child process, so that this process's heap stays as it was.
 
-Preparing an OBC pruning database or pruning channels with least squares allocates and frees
-gigabytes of temporaries. glibc's heap is left fragmented, and every model the process times
+Preparing an OBC pruning database, pruning channels with least squares or distilling allocates and
+frees gigabytes of temporaries. glibc's heap is left fragmented, and every model the process times
 afterwards reads 1.1-1.2x slower than in a process that did not prepare (docs/benchmarks.md,
 sessions 26 and 27): the latencies the window and ``compare`` show must be what a user would
 get. :func:`isolated` runs such a step generator in a fresh Python process and hands back its

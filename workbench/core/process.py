@@ -54,8 +54,8 @@ def fix_allocator() -> None:
     figure was 1.31-1.54x ``compare``'s, and 1.00-1.07x with them fixed (session 26). The CLI and
     the window both call this, so their figures come from the same allocator settings;
     ``machine()`` reports them. Not cured by this: a process that has run a heavy job times
-    slower afterwards (a fragmented heap): 1.1-1.2x after a pruning database, which is why those
-    run in a child (:mod:`.isolate`), 3-10 % after int8, 4-bit or recovery (sessions 26, 27)."""
+    slower afterwards (a fragmented heap): 1.1-1.2x after a pruning database or a distillation,
+    which is why those run in a child (:mod:`.isolate`), 3-7 % after int8 or 4-bit (sessions 26, 27)."""
     global _allocator
     import ctypes
     import sys

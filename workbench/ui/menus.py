@@ -236,10 +236,10 @@ def what_am_i_seeing(window) -> str:
 <li><b>Latency, measured alone</b> (measured): the median of {s.latency_runs} runs of one image after
 {s.warmup} warm-up runs, {threads} threads, with the app's other work held back while it is timed.
 The original and the optimized model are timed one after the other in the same job. The
-'this frame' figure in each pane is one run while the app works, so it is noisier. Pruning databases
-and structured pruning are prepared in a child process, so they do not slow the timings here. Known:
-after an int8, 4-bit or recovery job in this process, both latencies read a few per cent high (3-10 %:
-the heap the job leaves); their ratio holds, and <code>compare</code> reads the same.</li>
+'this frame' figure in each pane is one run while the app works, so it is noisier. Pruning databases,
+structured pruning and recovery run in a child process, so they do not slow the timings here. Known:
+after an int8 or 4-bit job in this process, both latencies read a few per cent high (3-7 %: the heap
+the job leaves); their ratio holds, and <code>compare</code> reads the same.</li>
 <li><b>Model file size</b> (measured): the size of the file a user would ship, written for real
 (.pt, ONNX, or a packed file for simulated bit widths and zeroed weights).</li>
 <li><b>Process memory</b> (measured): resident memory of the whole app, once a second (with a
