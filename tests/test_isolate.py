@@ -45,3 +45,21 @@ def test_closing_kills_the_child():
     assert len(children) == 1
     steps.close()
     assert not children[0].is_running() or children[0].status() == psutil.STATUS_ZOMBIE
+
+
+def test_job_folders_of_dead_processes_are_removed(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / f"workbench-child-{dead.pid}-abc"
+    mine = tmp_path / f"workbench-child-{os.getpid()}-abc"
+    for folder in (stale, mine):
+        folder.mkdir()
+        (folder / "job.pt").write_bytes(b"x")
+    assert list(isolated(counting_steps, 1))[-1]["n"] == 1
+    assert not stale.exists() and mine.exists()  # this process's own folders are its business
+    assert [p.name for p in tmp_path.iterdir()] == [mine.name]  # and its job folder is gone again

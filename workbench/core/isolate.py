@@ -23,6 +23,23 @@ import torch
 from .locks import running
 
 _UNREADABLE_JOB = 3  # the child's exit status when it cannot unpickle the job
+_PREFIX = "workbench-child-"  # + the parent's pid: the job folders in the temporary folder
+
+
+def _remove_stale_folders() -> None:
+    """Job folders (a model and its calibration images: about 100 MB) whose process died before it
+    could remove them, e.g. killed."""
+    import shutil
+
+    import psutil
+
+    for folder in Path(tempfile.gettempdir()).glob(f"{_PREFIX}*"):
+        try:
+            pid = int(folder.name[len(_PREFIX):].split("-")[0])
+        except ValueError:
+            continue
+        if not psutil.pid_exists(pid):
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def isolated(steps: Callable[..., Iterator], *args, **kwargs) -> Iterator:
@@ -38,7 +55,8 @@ def isolated(steps: Callable[..., Iterator], *args, **kwargs) -> Iterator:
 
     from .process import timing_threads
 
-    tmp = Path(tempfile.mkdtemp(prefix="workbench-child-"))
+    _remove_stale_folders()
+    tmp = Path(tempfile.mkdtemp(prefix=f"{_PREFIX}{os.getpid()}-"))
     try:
         job, result = tmp / "job.pt", tmp / "result.pt"
         try:
