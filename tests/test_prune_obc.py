@@ -27,6 +27,10 @@ def _total(model):
     return sum(m.weight.numel() for m in _conv_linear(model).values())
 
 
+def _same_weights(a, b):
+    return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
 @pytest.fixture(scope="module")
 def tiny_db():
     """The conftest ``tiny`` model and inputs, and their database, built once per module."""
@@ -173,7 +177,7 @@ def test_cache_is_reused_and_invalidated(tiny, tiny_inputs, tmp_path):
     assert isinstance(loaded, PruneDatabase) and loaded.key == first.key
     a, b = copy.deepcopy(tiny), copy.deepcopy(tiny)
     assert first.apply_(a, 0.5) == loaded.apply_(b, 0.5)
-    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    assert _same_weights(a, b)
 
     changed = copy.deepcopy(tiny)
     with torch.no_grad():
@@ -218,10 +222,6 @@ def test_the_generator_can_be_cancelled(tiny, tiny_inputs, tmp_path):
     assert "views" in next(steps)
     steps.close()
     assert not list(tmp_path.iterdir())
-
-
-def _same_weights(a, b):
-    return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
 
 
 def test_an_isolated_preparation_runs_in_a_child_and_gives_the_same_database(tiny, tiny_inputs, db, tmp_path):
