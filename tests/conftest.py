@@ -56,6 +56,15 @@ def _fresh_settings(tmp_path, monkeypatch, _session_cache):
         gc.collect()
 
 
+@pytest.fixture
+def in_process(monkeypatch):
+    """The product's heavy jobs run here instead of in a child process (isolate.isolated), so
+    that a test can spy on what they call."""
+    from workbench.core import isolate
+
+    monkeypatch.setattr(isolate, "isolated", lambda steps, *args, **kwargs: steps(*args, **kwargs))
+
+
 class TinyNet(nn.Module):
     """Conv-BN-ReLU6 blocks, a residual and a classifier: enough to exercise every path."""
 

@@ -30,12 +30,13 @@ def test_an_error_in_the_child_is_raised_here_with_its_message():
     assert not psutil.Process().children()
 
 
-def test_what_cannot_be_pickled_runs_here():
+def test_what_cannot_be_pickled_runs_here_and_says_so(caplog):
     # a lambda cannot be pickled (and is truthy): the generator's own ValueError, raised here,
     # not the RuntimeError that reports a child's failure
     with pytest.raises(ValueError, match="blocks.99"):
         list(isolated(counting_steps, 1, fail=lambda: None))
     assert list(isolated(counting_steps, 1, extra=lambda: None))[-1]["pid"] == os.getpid()
+    assert "counting_steps runs in this process" in caplog.text
 
 
 def test_closing_kills_the_child():

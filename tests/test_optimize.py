@@ -183,7 +183,8 @@ def test_packed_file_reproduces_gptq_weights(tiny, tiny_inputs, tmp_path):
         np.testing.assert_allclose(back, w.reshape(w.shape[0], -1).numpy(), rtol=1e-5, atol=1e-6)
 
 
-def test_bit_allocation_measures_sensitivity_on_its_share_of_the_calibration_images(tiny, tiny_inputs, monkeypatch):
+def test_bit_allocation_measures_sensitivity_on_its_share_of_the_calibration_images(tiny, tiny_inputs, monkeypatch,
+                                                                                    in_process):
     """Mixed precision below 8 bits probes each layer on BITS_SENSITIVITY_IMAGES images (8 made
     the allocation follow the images it saw), pruning sensitivity on SENSITIVITY_IMAGES."""
     from workbench.core import optimize as optimize_module
@@ -201,3 +202,30 @@ def test_bit_allocation_measures_sensitivity_on_its_share_of_the_calibration_ima
     optimize(tiny, OptimizationConfig(bits=4, quant_scheme="weights"), images)
     optimize(tiny, OptimizationConfig(sparsity=0.5, prune_method="unstructured-sensitivity"), images)
     assert seen == [optimize_module.BITS_SENSITIVITY_IMAGES, optimize_module.SENSITIVITY_IMAGES] == [64, 8]
+
+
+@pytest.mark.parametrize("config", [OptimizationConfig(bits=8), OptimizationConfig(bits=4, quant_scheme="weights"),
+                                    OptimizationConfig(bits=4, quant_scheme="weights", act_bits=8),
+                                    OptimizationConfig(bits=4, quant_scheme="weights-activations")],
+                         ids=lambda c: c.label())
+def test_quantizing_in_a_child_gives_the_model_quantizing_here_gives(tiny, tiny_inputs, config, monkeypatch, caplog):
+    """int8 and simulated bit widths run in a child process (isolate.isolated), so that the
+    latencies timed here afterwards stay true; what comes back is what this process would make,
+    the int8 model's packed convolutions included, and the layer sensitivities come back too."""
+    from workbench.core import isolate, sensitivity
+
+    jobs, real = [], isolate.isolated
+    monkeypatch.setattr(isolate, "isolated", lambda steps, *a, **k: jobs.append(steps.__name__) or real(steps, *a, **k))
+    monkeypatch.setattr(sensitivity, "_CACHE", {})
+    there = optimize(tiny, config, tiny_inputs)
+    assert jobs == ["quantize_int8" if config.bits == 8 else "_simulated_bits_steps"]
+    assert "runs in this process" not in caplog.text
+    found = dict(sensitivity._CACHE)
+    monkeypatch.setattr(isolate, "isolated", lambda steps, *args, **kwargs: steps(*args, **kwargs))
+    monkeypatch.setattr(sensitivity, "_CACHE", {})
+    here = optimize(tiny, config, tiny_inputs)
+    with torch.no_grad():
+        for x in tiny_inputs[:4]:
+            assert torch.equal(there.model(x), here.model(x))
+    assert (there.quant_bits, there.methods, there.kernels) == (here.quant_bits, here.methods, here.kernels)
+    assert found.keys() == sensitivity._CACHE.keys() and (len(found) > 0) == (config.bits == 4)

@@ -109,6 +109,24 @@ def test_sensitivity_restores_the_model_and_allocations_meet_targets(tiny, tiny_
     assert mean <= 4 + 1e-9 and bits["stem.0"] == 8 and len(set(bits.values())) > 1
 
 
+def test_the_windows_sensitivity_is_measured_in_a_child_once_and_cached_here(tiny, tiny_inputs, monkeypatch):
+    """The Layers tab's sensitivity (session.sensitivity_job) runs in a child process
+    (isolate.isolated): the same figures as here; a second request is answered from the cache
+    here, without a child."""
+    from workbench.core import isolate, sensitivity
+    from workbench.core.sensitivity import isolated_sensitivity_steps
+
+    monkeypatch.setattr(sensitivity, "_CACHE", {})
+    jobs, real = [], isolate.isolated
+    monkeypatch.setattr(isolate, "isolated", lambda steps, *a, **k: jobs.append(steps.__name__) or real(steps, *a, **k))
+    *_, there = isolated_sensitivity_steps(tiny, tiny_inputs[:8], "bits", 4, key="tiny")
+    *_, again = isolated_sensitivity_steps(tiny, tiny_inputs[:8], "bits", 4, key="tiny")
+    assert jobs == ["sensitivity_steps"] and again == there
+    monkeypatch.setattr(sensitivity, "_CACHE", {})
+    *_, here = sensitivity_steps(tiny, tiny_inputs[:8], "bits", 4, key="tiny")
+    assert there == here
+
+
 def test_bit_allocation_keeps_a_floor_and_the_budget():
     from workbench.core.sensitivity import LayerSensitivity, allocate_bits
 

@@ -1,29 +1,55 @@
 """Heavy preparations run in a child process, so that this process's heap stays as it was.
 
-Preparing an OBC pruning database, pruning channels with least squares or distilling allocates and
-frees gigabytes of temporaries. glibc's heap is left fragmented, and every model the process times
-afterwards reads 1.1-1.2x slower than in a process that did not prepare (docs/benchmarks.md,
-sessions 26 and 27): the latencies the window and ``compare`` show must be what a user would
-get. :func:`isolated` runs such a step generator in a fresh Python process and hands back its
-result; this process only loads it.
+Preparing an OBC pruning database, pruning channels with least squares, distilling, quantizing
+(GPTQ, int8 calibration) allocate and free gigabytes of temporaries. glibc's heap is left
+fragmented, and every model the process times afterwards reads 3-20 % slower than in a process
+that did not run the job (docs/benchmarks.md, sessions 26 to 28): the latencies the window and
+``compare`` show must be what a user would get. :func:`isolated` runs such a step generator in a
+fresh Python process and hands back its result; this process only loads it.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import pickle
 import signal
 import subprocess
 import sys
 import tempfile
+import types
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
+from torch import nn
+from torch.ao.nn.quantized.modules.conv import _ConvNd as _QuantizedConv
 
 from .locks import running
 
+log = logging.getLogger(__name__)
 _UNREADABLE_JOB = 3  # the child's exit status when it cannot unpickle the job
 _PREFIX = "workbench-child-"  # + the parent's pid: the job folders in the temporary folder
+
+
+def _rebuilt(cls: type, state: tuple) -> nn.Module:
+    """A quantized convolution from its ``__getstate__``, as torch's own ``__deepcopy__`` makes
+    one: its ``__setstate__`` skips ``nn.Module.__init__``, so plain pickle cannot load it."""
+    module = cls.__new__(cls)
+    nn.Module.__init__(module)
+    module.__setstate__(state)
+    return module
+
+
+class _Pickler(pickle.Pickler):
+    def reducer_override(self, obj):
+        if isinstance(obj, _QuantizedConv):
+            return _rebuilt, (type(obj), obj.__getstate__())
+        return NotImplemented
+
+
+# torch.save's pickle_module for jobs and results: int8 models (torch.ao's converted FX models) too
+_PICKLE = types.SimpleNamespace(__name__="pickle", Pickler=_Pickler, Unpickler=pickle.Unpickler)
 
 
 def _remove_stale_folders() -> None:
@@ -57,64 +83,82 @@ def isolated(steps: Callable[..., Iterator], *args, **kwargs) -> Iterator:
 
     _remove_stale_folders()
     tmp = Path(tempfile.mkdtemp(prefix=f"{_PREFIX}{os.getpid()}-"))
+    job, result = tmp / "job.pt", tmp / "result.pt"
+    env = dict(os.environ)  # the child imports what this process can (the model's classes)
+    paths = [str(Path(workbench.__file__).resolve().parents[1])] + [p for p in sys.path if p]
+    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+    pause = getattr(signal, "SIGSTOP", None)  # POSIX
+    proc, unpicklable = None, None
     try:
-        job, result = tmp / "job.pt", tmp / "result.pt"
-        try:
-            torch.save({"steps": steps, "args": args, "kwargs": kwargs, "result": str(result),
-                        "threads": timing_threads() or torch.get_num_threads()}, job)
-        except Exception:  # pickle cannot store it
-            yield from steps(*args, **kwargs)
+        with running():  # the child imports torch while the job is written here: both under the lock
+            with open(tmp / "stderr.txt", "wb") as err:
+                proc = subprocess.Popen([sys.executable, "-c", "from workbench.core.isolate import _child; _child()"],
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, env=env,
+                                        text=True, bufsize=1)
+            try:
+                torch.save({"steps": steps, "args": args, "kwargs": kwargs, "result": str(result),
+                            "threads": timing_threads() or torch.get_num_threads()}, job, pickle_module=_PICKLE)
+                proc.stdin.write(f"{job}\n")
+            except OSError:  # the child is gone: its exit status and message are read below
+                pass
+            except Exception as e:  # pickle cannot store it
+                unpicklable = e
+            proc.stdin.close()
+            if pause is not None and unpicklable is None:
+                proc.send_signal(pause)
+        if unpicklable is not None:
+            yield from _here(steps, args, kwargs, unpicklable)
             return
-        env = dict(os.environ)  # the child imports what this process can (the model's classes)
-        paths = [str(Path(workbench.__file__).resolve().parents[1])] + [p for p in sys.path if p]
-        env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
-        with open(tmp / "stderr.txt", "wb") as err:
-            proc = subprocess.Popen([sys.executable, "-c", "from workbench.core.isolate import _child; _child()",
-                                     str(job)], stdout=subprocess.PIPE, stderr=err, env=env, text=True, bufsize=1)
-        pause = getattr(signal, "SIGSTOP", None)  # POSIX
-        try:
-            while True:
-                with running():
-                    if pause is not None:
-                        proc.send_signal(signal.SIGCONT)
-                    line = proc.stdout.readline()
-                    if pause is not None and line:
-                        proc.send_signal(pause)
-                if not line:
-                    break
-                yield line.rstrip("\n")
-            if proc.wait() == _UNREADABLE_JOB:
-                yield from steps(*args, **kwargs)
-                return
-            if proc.returncode != 0:
-                tail = (tmp / "stderr.txt").read_text(errors="replace").strip().splitlines()[-1:]
-                raise RuntimeError(f"{getattr(steps, '__name__', 'a preparation')} failed in its child process: "
-                                   + (tail[0] if tail else f"exit status {proc.returncode}"))
-        finally:
+        while True:
+            with running():
+                if pause is not None:
+                    proc.send_signal(signal.SIGCONT)
+                line = proc.stdout.readline()
+                if pause is not None and line:
+                    proc.send_signal(pause)
+            if not line:
+                break
+            yield line.rstrip("\n")
+        if proc.wait() == _UNREADABLE_JOB:
+            yield from _here(steps, args, kwargs, "the child could not load it")
+            return
+        if proc.returncode != 0:
+            tail = (tmp / "stderr.txt").read_text(errors="replace").strip().splitlines()[-1:]
+            raise RuntimeError(f"{getattr(steps, '__name__', 'a preparation')} failed in its child process: "
+                               + (tail[0] if tail else f"exit status {proc.returncode}"))
+        with running():
+            value = torch.load(result, weights_only=False)  # written by the child, in this private folder
+        yield value
+    finally:
+        if proc is not None:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
             proc.stdout.close()
-        yield torch.load(result, weights_only=False)  # written by the child, in this private folder
-    finally:
         for f in tmp.iterdir():
             f.unlink()
         tmp.rmdir()
 
 
+def _here(steps: Callable[..., Iterator], args, kwargs, why) -> Iterator:
+    log.warning("%s runs in this process (%s): latencies timed after it may read high",
+                getattr(steps, "__name__", "a preparation"), why)
+    yield from steps(*args, **kwargs)
+
+
 def _child() -> None:
-    """The child of :func:`isolated`: ``python -c ... JOB``."""
+    """The child of :func:`isolated`; the job's path comes on stdin, once it is written."""
     if sys.platform.startswith("linux"):  # die with the parent, even while stopped (PR_SET_PDEATHSIG)
         import ctypes
 
-        ppid = os.getppid()
         ctypes.CDLL(None).prctl(1, int(signal.SIGKILL))
-        if os.getppid() != ppid:
-            return
     from .process import setup_process
 
+    path = sys.stdin.readline().strip()  # nothing: the parent could not write the job, or died
+    if not path:
+        return
     try:
-        job = torch.load(sys.argv[1], weights_only=False)  # written by the parent, in its private folder
+        job = torch.load(path, weights_only=False)  # written by the parent, in its private folder
     except Exception:
         sys.exit(_UNREADABLE_JOB)
     setup_process(job["threads"])
@@ -124,4 +168,4 @@ def _child() -> None:
             print(step, flush=True)
         else:
             value = step
-    torch.save(value, job["result"])
+    torch.save(value, job["result"], pickle_module=_PICKLE)

@@ -199,7 +199,7 @@ def optimize_steps(model: nn.Module, config: OptimizationConfig, calibration: Se
         elif config.real_int8:
             yield from _int8(work, config, calibration, result)
         else:
-            yield from _simulated_bits(work, model, config, calibration, result)
+            yield from _simulated_bits_here(result, (id(model), config.sparsity, config.prune_method), calibration)
     if config.runtime == "onnxruntime":
         yield from _to_onnxruntime(result, calibration, Path(workdir or tempfile.mkdtemp(prefix="workbench-")))
     if config.device == "cuda":
@@ -317,8 +317,12 @@ def prune_sensitivity(work, original, config, calibration, result) -> Iterator[s
 def _int8(work, config: OptimizationConfig, calibration, result: OptimizedModel) -> Iterator[str]:
     if not calibration:
         raise OptimizeError("int8 needs calibration images")
+    from .isolate import isolated
+
     result.quant_bits = {n: 8 for n in prunable_layers(work, config.exclude)}
-    final = yield from relay(quantize_int8(work, calibration, config.per_channel, config.exclude))
+    torch.backends.quantized.engine = int8_engine()  # the child packs the weights for it, and so does loading here
+    final = yield from relay(isolated(quantize_int8, work, list(calibration), config.per_channel,
+                                      config.exclude))  # in a child process: the timings here stay true
     result.model = final
     result.kernels = f"int8-{int8_engine()}"
     result.float_fallback = float_layers(final)
@@ -328,14 +332,34 @@ def _int8(work, config: OptimizationConfig, calibration, result: OptimizedModel)
         result.notes.append("float fallback (no fast int8 kernel): " + ", ".join(result.float_fallback))
 
 
-def _simulated_bits(work, original, config: OptimizationConfig, calibration, result: OptimizedModel) -> Iterator[str]:
+def _simulated_bits_here(result: OptimizedModel, key, calibration) -> Iterator[str]:
+    """:func:`_simulated_bits` in a child process (:func:`.isolate.isolated`: the latencies timed
+    here stay true); the layer sensitivities this process has cached go with it and come back."""
+    from . import sensitivity
+    from .isolate import isolated
+
+    known = dict(sensitivity._CACHE)
+    out, found = yield from relay(isolated(_simulated_bits_steps, result, key, list(calibration), known))
+    result.__dict__.update(out.__dict__)
+    sensitivity._CACHE.update(found)
+
+
+def _simulated_bits_steps(result: OptimizedModel, key, calibration, known: dict) -> Iterator:
+    """Yields progress, then (``result`` with its bits simulated, the layer sensitivities it measured)."""
+    from . import sensitivity
+
+    sensitivity._CACHE.update(known)
+    yield from _simulated_bits(result.float_model, key, result.config, calibration, result)
+    yield result, {k: v for k, v in sensitivity._CACHE.items() if k not in known}
+
+
+def _simulated_bits(work, key, config: OptimizationConfig, calibration, result: OptimizedModel) -> Iterator[str]:
     layers = prunable_layers(work, config.exclude)
     bits = {n: config.bits for n in layers}
     overrides = {n: b for n, b in config.layer_bits if n in layers}
     if config.allocation == "sensitivity" and config.bits < 8 and calibration:
         from .sensitivity import allocate_bits, first_and_last
 
-        key = (id(original), config.sparsity, config.prune_method)
         sens = yield from relay(_sensitivity(work, calibration, "bits", config.bits, config.exclude, key))
         result.sensitivity = {"probe": f"rounded to {config.bits} bits", "layers": sens}
         first, last = first_and_last(work)

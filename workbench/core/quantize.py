@@ -288,4 +288,7 @@ def simulate_activation_quant(model: nn.Module, bits: int, calibration: list[tor
             yield f"calibrating {bits}-bit activations: {i + 1}/{len(calibration)} images"
     prepared.apply(torch.ao.quantization.disable_observer)
     prepared.apply(torch.ao.quantization.enable_fake_quant)
+    for module in prepared.modules():  # the qconfigs only serve a conversion, which never comes, and
+        module.__dict__.pop("qconfig", None)  # hold local functions: without them the model pickles
+    prepared.meta.pop("_observed_graph_module_attrs", None)
     yield prepared.eval()

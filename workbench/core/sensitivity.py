@@ -138,6 +138,27 @@ def _prefix_cached(stages: list[_Stage], layer: str, usable: bool):
             setattr(st.parent, st.attr, st.module)
 
 
+def _cache_key(model, batch: torch.Tensor, kind: str, value: float, exclude, key) -> tuple:
+    return (key if key is not None else id(model), kind, float(value), tuple(exclude), tuple(batch.shape),
+            float(batch.sum()))
+
+
+def isolated_sensitivity_steps(model: nn.Module, calibration: Sequence[torch.Tensor], kind: str, value: float,
+                               exclude: Sequence[str] = (), key=None) -> Iterator[str | dict[str, LayerSensitivity]]:
+    """:func:`sensitivity_steps` in a child process (:func:`.isolate.isolated`: the latencies
+    timed here stay true), unless its result is cached here; what it measures is cached here."""
+    from .isolate import isolated
+
+    full = _cache_key(model, torch.cat(list(calibration)), kind, value, exclude, key)
+    if full in _CACHE:
+        yield _CACHE[full]
+        return
+    for step in isolated(sensitivity_steps, model, list(calibration), kind, value, exclude, key=key):
+        if not isinstance(step, str):
+            _CACHE[full] = step
+        yield step
+
+
 def sensitivity_steps(model: nn.Module, calibration: Sequence[torch.Tensor], kind: str, value: float,
                       exclude: Sequence[str] = (), key=None) -> Iterator[str | dict[str, LayerSensitivity]]:
     """Yields progress, then {layer name: LayerSensitivity}. ``kind`` is "prune" (``value``
@@ -145,8 +166,7 @@ def sensitivity_steps(model: nn.Module, calibration: Sequence[torch.Tensor], kin
     and restored after it: pass a copy when others may run it meanwhile, and ``key`` (e.g.
     the id of the model it copies) so results are cached per model, probe and images."""
     batch = torch.cat(list(calibration))
-    key = (key if key is not None else id(model), kind, float(value), tuple(exclude), tuple(batch.shape),
-           float(batch.sum()))
+    key = _cache_key(model, batch, kind, value, exclude, key)
     if key in _CACHE:
         yield _CACHE[key]
         return

@@ -305,7 +305,7 @@ def sensitivity_job(ws: Workspace, config: OptimizationConfig) -> Iterator[str |
     import copy
 
     from .optimize import BITS_SENSITIVITY_IMAGES, SENSITIVITY_IMAGES
-    from .sensitivity import sensitivity_steps
+    from .sensitivity import isolated_sensitivity_steps
 
     if config.simulated and config.bits < 16:
         kind, value, probe = "bits", config.bits, f"rounded to {config.bits} bits"
@@ -315,7 +315,7 @@ def sensitivity_job(ws: Workspace, config: OptimizationConfig) -> Iterator[str |
     work = copy.deepcopy(ws.loaded.model).eval()
     key = id(ws.loaded.model) if kind == "prune" else (id(ws.loaded.model), 0.0, config.prune_method)
     images = ws.calibration(BITS_SENSITIVITY_IMAGES if kind == "bits" else SENSITIVITY_IMAGES)
-    for step in sensitivity_steps(work, images, kind, value, config.exclude, key=key):
+    for step in isolated_sensitivity_steps(work, images, kind, value, config.exclude, key=key):
         if isinstance(step, str):
             yield step
         else:
