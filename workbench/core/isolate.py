@@ -1,10 +1,10 @@
 """Heavy preparations run in a child process, so that this process's heap stays as it was.
 
-Preparing an OBC pruning database, pruning channels with least squares, distilling, quantizing
-(GPTQ, int8 calibration) allocate and free gigabytes of temporaries. glibc's heap is left
-fragmented, and every model the process times afterwards reads 3-20 % slower than in a process
-that did not run the job (docs/benchmarks.md, sessions 26 to 28): the latencies the window and
-``compare`` show must be what a user would get. :func:`isolated` runs such a step generator in a
+Preparing an OBC pruning database, pruning channels with least squares, distilling and rounding
+weights below 8 bits (layer sensitivities, GPTQ) allocate and free gigabytes of temporaries.
+glibc's heap is left fragmented, and every model the process times afterwards reads 4-20 %
+slower than in a process that did not run the job (docs/benchmarks.md, sessions 26 to 28): the
+latencies the window and ``compare`` show must be what a user would get. :func:`isolated` runs such a step generator in a
 fresh Python process and hands back its result; this process only loads it.
 """
 
@@ -12,44 +12,20 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
 import signal
 import subprocess
 import sys
 import tempfile
-import types
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
-from torch import nn
-from torch.ao.nn.quantized.modules.conv import _ConvNd as _QuantizedConv
 
 from .locks import running
 
 log = logging.getLogger(__name__)
 _UNREADABLE_JOB = 3  # the child's exit status when it cannot unpickle the job
 _PREFIX = "workbench-child-"  # + the parent's pid: the job folders in the temporary folder
-
-
-def _rebuilt(cls: type, state: tuple) -> nn.Module:
-    """A quantized convolution from its ``__getstate__``, as torch's own ``__deepcopy__`` makes
-    one: its ``__setstate__`` skips ``nn.Module.__init__``, so plain pickle cannot load it."""
-    module = cls.__new__(cls)
-    nn.Module.__init__(module)
-    module.__setstate__(state)
-    return module
-
-
-class _Pickler(pickle.Pickler):
-    def reducer_override(self, obj):
-        if isinstance(obj, _QuantizedConv):
-            return _rebuilt, (type(obj), obj.__getstate__())
-        return NotImplemented
-
-
-# torch.save's pickle_module for jobs and results: int8 models (torch.ao's converted FX models) too
-_PICKLE = types.SimpleNamespace(__name__="pickle", Pickler=_Pickler, Unpickler=pickle.Unpickler)
 
 
 def _remove_stale_folders() -> None:
@@ -97,7 +73,7 @@ def isolated(steps: Callable[..., Iterator], *args, **kwargs) -> Iterator:
                                         text=True, bufsize=1)
             try:
                 torch.save({"steps": steps, "args": args, "kwargs": kwargs, "result": str(result),
-                            "threads": timing_threads() or torch.get_num_threads()}, job, pickle_module=_PICKLE)
+                            "threads": timing_threads() or torch.get_num_threads()}, job)
                 proc.stdin.write(f"{job}\n")
             except OSError:  # the child is gone: its exit status and message are read below
                 pass
@@ -168,4 +144,4 @@ def _child() -> None:
             print(step, flush=True)
         else:
             value = step
-    torch.save(value, job["result"], pickle_module=_PICKLE)
+    torch.save(value, job["result"])
