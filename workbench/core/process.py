@@ -55,7 +55,8 @@ def fix_allocator() -> None:
     the window both call this, so their figures come from the same allocator settings;
     ``machine()`` reports them. Not cured by this: a process that has run a heavy job times
     slower afterwards (a fragmented heap): 1.1-1.2x after a pruning database or a distillation,
-    which is why those run in a child (:mod:`.isolate`), 3-7 % after int8 or 4-bit (sessions 26, 27)."""
+    4-8 % after 4-bit rounding, which is why those run in a child (:mod:`.isolate`); int8
+    calibration left no measurable difference (sessions 26 to 28)."""
     global _allocator
     import ctypes
     import sys
