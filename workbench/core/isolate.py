@@ -4,8 +4,9 @@ Preparing an OBC pruning database, pruning channels with least squares, distilli
 weights below 8 bits (layer sensitivities, GPTQ) allocate and free gigabytes of temporaries.
 glibc's heap is left fragmented, and every model the process times afterwards reads 4-20 %
 slower than in a process that did not run the job (docs/benchmarks.md, sessions 26 to 28): the
-latencies the window and ``compare`` show must be what a user would get. :func:`isolated` runs such a step generator in a
-fresh Python process and hands back its result; this process only loads it.
+latencies the window and ``compare`` show must be what a user would get. :func:`isolated` runs
+such a step generator in a fresh Python process and hands back its result; this process only
+loads it.
 """
 
 from __future__ import annotations
@@ -74,12 +75,15 @@ def isolated(steps: Callable[..., Iterator], *args, **kwargs) -> Iterator:
             try:
                 torch.save({"steps": steps, "args": args, "kwargs": kwargs, "result": str(result),
                             "threads": timing_threads() or torch.get_num_threads()}, job)
-                proc.stdin.write(f"{job}\n")
-            except OSError:  # the child is gone: its exit status and message are read below
-                pass
             except Exception as e:  # pickle cannot store it
                 unpicklable = e
-            proc.stdin.close()
+                proc.kill()
+            try:
+                if unpicklable is None:
+                    proc.stdin.write(f"{job}\n")
+                proc.stdin.close()
+            except BrokenPipeError:  # the child died early: its status and message are read below
+                pass
             if pause is not None and unpicklable is None:
                 proc.send_signal(pause)
         if unpicklable is not None:
