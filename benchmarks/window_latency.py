@@ -30,8 +30,10 @@ def main() -> int:
     from PySide6.QtWidgets import QApplication
 
     from workbench.core.config import OptimizationConfig
-    from workbench.core.process import machine
+    from workbench.core.process import fix_allocator, machine
     from workbench.ui import build_window
+
+    fix_allocator()  # as workbench.app.run does, before any thread starts
 
     images = args.images
     if images:  # the first --limit images, as their own folder

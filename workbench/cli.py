@@ -364,6 +364,9 @@ class _SubParsers:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .core.process import fix_allocator
+
+    fix_allocator()  # before any thread starts (the window's job thread included)
     from . import explore_cli
     from .core.logs import setup_logging
 

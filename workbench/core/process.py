@@ -38,7 +38,7 @@ def setup_process(threads: int | None = None) -> None:
         _done = True
 
 
-_ALLOCATOR = {"mmap_threshold": 32 << 20, "trim_threshold": 256 << 20}
+_ALLOCATOR = {"mmap_threshold": 32 << 20, "trim_threshold": 256 << 20, "arena_max": 1}
 _allocator: dict | None = None
 
 
@@ -53,7 +53,15 @@ def fix_allocator() -> None:
     ``compare`` 20.6-20.9 ms (docs/benchmarks.md, session 25). On the Xeon the window's start-up
     figure was 1.31-1.54x ``compare``'s, and 1.00-1.07x with them fixed (session 26). The CLI and
     the window both call this, so their figures come from the same allocator settings;
-    ``machine()`` reports them. Not cured by this: a process that has run a heavy job times
+    ``machine()`` reports them.
+
+    One arena for every thread (``M_ARENA_MAX`` 1, as ``MALLOC_ARENA_MAX=1``): glibc gives each
+    new thread an arena of its own, and a model timed in the window's job thread after reading
+    and scoring 200 photos there read 1.5x slow in half the processes (23.6-24.1 ms against
+    15.5-16.3 in the main thread; with one arena 14.9-16.0, session 28). It takes effect for
+    the threads that start after it, so the CLI and the window call this first thing.
+
+    Not cured by this: a process that has run a heavy job times
     slower afterwards (a fragmented heap): 1.1-1.2x after a pruning database or a distillation,
     4-8 % after 4-bit rounding, which is why those run in a child (:mod:`.isolate`); int8
     calibration left no measurable difference (sessions 26 to 28)."""
@@ -65,10 +73,11 @@ def fix_allocator() -> None:
         return
     try:
         libc = ctypes.CDLL("libc.so.6")
-        ok = libc.mallopt(-3, _ALLOCATOR["mmap_threshold"]) and libc.mallopt(-1, _ALLOCATOR["trim_threshold"])
+        ok = (libc.mallopt(-3, _ALLOCATOR["mmap_threshold"]) and libc.mallopt(-1, _ALLOCATOR["trim_threshold"])
+              and libc.mallopt(-8, _ALLOCATOR["arena_max"]))
     except (OSError, AttributeError):  # not glibc (musl has no mallopt)
         return
-    if ok:  # M_MMAP_THRESHOLD = -3, M_TRIM_THRESHOLD = -1
+    if ok:  # M_MMAP_THRESHOLD = -3, M_TRIM_THRESHOLD = -1, M_ARENA_MAX = -8
         _allocator = dict(_ALLOCATOR)
 
 
