@@ -57,9 +57,10 @@ def fix_allocator() -> None:
 
     One arena for every thread (``M_ARENA_MAX`` 1, as ``MALLOC_ARENA_MAX=1``): glibc gives each
     new thread an arena of its own, and a model timed in the window's job thread after reading
-    and scoring 200 photos there read 1.5x slow in half the processes (23.6-24.1 ms against
-    15.5-16.3 in the main thread; with one arena 14.9-16.0, session 28). It takes effect for
-    the threads that start after it, so the CLI and the window call this first thing.
+    and scoring 200 photos there read 1.3-1.5x slow in six processes of eleven (20.4-24.1 ms,
+    against 14.2-16.3 in the main thread; with one arena 14.0-16.6 in eight of eight, session
+    28). It takes effect for the threads that start after it, so the CLI and the window call
+    this first thing.
 
     Not cured by this: a process that has run a heavy job times
     slower afterwards (a fragmented heap): 1.1-1.2x after a pruning database or a distillation,
