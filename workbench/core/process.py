@@ -62,10 +62,10 @@ def fix_allocator() -> None:
     28). It takes effect for the threads that start after it, so the CLI and the window call
     this first thing.
 
-    Not cured by this: a process that has run a heavy job times
-    slower afterwards (a fragmented heap): 1.1-1.2x after a pruning database or a distillation,
-    4-8 % after 4-bit rounding, which is why those run in a child (:mod:`.isolate`); int8
-    calibration left no measurable difference (sessions 26 to 28)."""
+    Not cured by this: a process that has run a heavy job times slower afterwards (a fragmented
+    heap): 1.1-1.2x after a pruning database or a distillation, 4-8 % after 4-bit rounding,
+    which is why those run in a child (:mod:`.isolate`); int8 calibration left no measurable
+    difference (sessions 26 to 28)."""
     global _allocator
     import ctypes
     import sys
