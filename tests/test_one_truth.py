@@ -263,6 +263,7 @@ def test_timing_holds_the_apps_other_jobs(qtbot, tiny, tiny_inputs):
             yield "burning"
 
     def measure():
+        timed.append(time.perf_counter())
         latency = measure_latency(tiny, tiny_inputs[0], runs=200, warmup=0)
         timed.append(time.perf_counter())
         return latency
@@ -275,8 +276,9 @@ def test_timing_holds_the_apps_other_jobs(qtbot, tiny, tiny_inputs):
     qtbot.waitUntil(lambda: bool(done), timeout=60_000)
     stop.set()
     runner.shutdown()
-    # the 200 timed runs end at timed[0] and took at least 200 x their median
-    window = (timed[0] - 0.9 * done[0].median * 200 / 1000, timed[0])
+    # from before the first timed run to after the last (an estimate from the median once
+    # reached back into the step before, on a loaded machine)
+    window = (timed[0], timed[1])
     overlapping = [s for s in steps if s[0] < window[1] and s[1] > window[0]]
     assert len(steps) > 4 and not overlapping, (window, steps[-5:])
 
@@ -329,6 +331,28 @@ def test_latency_plot_starts_at_zero(qtbot):
     plots.redraw()
     low, high = plots.latency.getViewBox().viewRange()[1]
     assert low == 0 and 23.5 < high < 30
+    for w in plots.widgets():
+        w.deleteLater()
+
+
+def test_trade_off_plot_latency_starts_at_zero(qtbot):
+    """Two nearly equal medians (no speedup: 50 % zeros in dense kernels) must not sit at the
+    plot's two edges, as auto-range put them, which read as a speedup."""
+    from workbench.core.config import OptimizationConfig
+    from workbench.ui.plots import Plots, TradeoffPoint
+
+    plots = Plots()
+    plots.add_point(TradeoffPoint(OptimizationConfig(), 17.02, 18_873_967, 0.875))
+    plots.add_point(TradeoffPoint(OptimizationConfig(sparsity=0.5), 16.87, 10_147_900, 0.833))
+    plots.redraw()
+    low, high = plots.tradeoff.getViewBox().viewRange()[0]
+    assert low == 0 and 17.02 < high < 20
+    for w in plots.widgets():
+        w.deleteLater()
+    plots = Plots()  # one point at agreement 1.0: the axis must not run to 1.4
+    plots.add_point(TradeoffPoint(OptimizationConfig(), 16.0, 18_873_967, 1.0))
+    plots.redraw()
+    assert plots.tradeoff.getViewBox().viewRange()[1][1] <= 1.05
     for w in plots.widgets():
         w.deleteLater()
 

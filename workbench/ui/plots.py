@@ -78,6 +78,9 @@ class Plots(QObject):
         self.tradeoff.setToolTip("Each configuration tried at its latency and accuracy; the point's size is its "
                                  "file size. Dashed line: the most accurate for its latency (Pareto front); green "
                                  "ring: the most accurate for its file size. Click a point to show it; shift+click to show it in the left pane")
+        # latency from zero leaves the left empty; top right is where the original (slowest, most accurate) sits
+        self.tradeoff.getPlotItem().legend.setOffset((5, 5))
+        self.tradeoff.getPlotItem().vb.setLimits(yMin=0, yMax=1.05)  # top-1 and agreement: no 1.4
         self.lat = {k: deque(maxlen=window) for k in ("original", "optimized")}
         self.frame_no = deque(maxlen=window)
         self.rss_t: deque[float] = deque(maxlen=600)
@@ -238,6 +241,9 @@ class Plots(QObject):
         self.front_curve.setData(*self.front())
         vb = self.tradeoff.getPlotItem().vb
         if any(vb.state["autoRange"]):  # unless the user zoomed: keep every point in view
+            slowest = max((p.latency_ms for p in self.points if p.score is not None), default=None)
+            if slowest:  # latency from zero: 16.9 against 17.0 ms must not look like a speedup
+                self.tradeoff.setXRange(0, slowest * 1.1, padding=0)
             vb.updateAutoRange()
 
     def front(self) -> tuple[list[float], list[float]]:
