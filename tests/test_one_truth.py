@@ -347,6 +347,12 @@ def test_trade_off_plot_latency_starts_at_zero(qtbot):
     plots.redraw()
     low, high = plots.tradeoff.getViewBox().viewRange()[0]
     assert low == 0 and 17.02 < high < 20
+    vb = plots.tradeoff.getViewBox()  # a user's zoom (here on the latency axis alone) stays
+    vb.setXRange(16.8, 17.1, padding=0)
+    vb.sigRangeChangedManually.emit([True, False])
+    plots.add_rss(100.0)
+    plots.redraw()
+    assert vb.viewRange()[0] == [16.8, 17.1]
     for w in plots.widgets():
         w.deleteLater()
     plots = Plots()  # one point at agreement 1.0: the axis must not run to 1.4

@@ -79,8 +79,12 @@ class Plots(QObject):
                                  "file size. Dashed line: the most accurate for its latency (Pareto front); green "
                                  "ring: the most accurate for its file size. Click a point to show it; shift+click to show it in the left pane")
         # latency from zero leaves the left empty; top right is where the original (slowest, most accurate) sits
-        self.tradeoff.getPlotItem().legend.setOffset((5, 5))
-        self.tradeoff.getPlotItem().vb.setLimits(yMin=0, yMax=1.05)  # top-1 and agreement: no 1.4
+        item = self.tradeoff.getPlotItem()
+        item.legend.setOffset((5, 5))
+        item.vb.setLimits(yMin=0, yMax=1.05)  # top-1 and agreement: no 1.4
+        self.tradeoff_zoomed = False  # the user zoomed or panned it: leave its range alone until "A"
+        item.vb.sigRangeChangedManually.connect(lambda *_: setattr(self, "tradeoff_zoomed", True))
+        item.autoBtn.clicked.connect(lambda *_: setattr(self, "tradeoff_zoomed", False))
         self.lat = {k: deque(maxlen=window) for k in ("original", "optimized")}
         self.frame_no = deque(maxlen=window)
         self.rss_t: deque[float] = deque(maxlen=600)
@@ -239,8 +243,9 @@ class Plots(QObject):
             })
         self.scatter.setData(spots)
         self.front_curve.setData(*self.front())
-        vb = self.tradeoff.getPlotItem().vb
-        if any(vb.state["autoRange"]):  # unless the user zoomed: keep every point in view
+        if not self.tradeoff_zoomed:  # keep every point in view
+            vb = self.tradeoff.getPlotItem().vb
+            vb.enableAutoRange(y=True)
             slowest = max((p.latency_ms for p in self.points if p.score is not None), default=None)
             if slowest:  # latency from zero: 16.9 against 17.0 ms must not look like a speedup
                 self.tradeoff.setXRange(0, slowest * 1.1, padding=0)
