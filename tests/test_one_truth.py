@@ -346,7 +346,7 @@ def test_trade_off_plot_latency_starts_at_zero(qtbot):
     plots.add_point(TradeoffPoint(OptimizationConfig(sparsity=0.5), 16.87, 10_147_900, 0.833))
     plots.redraw()
     low, high = plots.tradeoff.getViewBox().viewRange()[0]
-    assert low == 0 and 17.02 < high < 20
+    assert low == 0 and 17.02 < high < 21
     vb = plots.tradeoff.getViewBox()  # a user's zoom (here on the latency axis alone) stays
     vb.setXRange(16.8, 17.1, padding=0)
     vb.sigRangeChangedManually.emit([True, False])
@@ -358,7 +358,7 @@ def test_trade_off_plot_latency_starts_at_zero(qtbot):
     plots = Plots()  # one point at agreement 1.0: the axis must not run to 1.4
     plots.add_point(TradeoffPoint(OptimizationConfig(), 16.0, 18_873_967, 1.0))
     plots.redraw()
-    assert plots.tradeoff.getViewBox().viewRange()[1][1] <= 1.05
+    assert plots.tradeoff.getViewBox().viewRange()[1][1] <= 1.1
     for w in plots.widgets():
         w.deleteLater()
 

@@ -81,7 +81,7 @@ class Plots(QObject):
         # latency from zero leaves the left empty; top right is where the original (slowest, most accurate) sits
         item = self.tradeoff.getPlotItem()
         item.legend.setOffset((5, 5))
-        item.vb.setLimits(yMin=0, yMax=1.05)  # top-1 and agreement: no 1.4
+        item.vb.setLimits(yMin=0, yMax=1.1)  # top-1 and agreement: no 1.4, room for a marker at 1.0
         self.tradeoff_zoomed = False  # the user zoomed or panned it: leave its range alone until "A"
         item.vb.sigRangeChangedManually.connect(lambda *_: setattr(self, "tradeoff_zoomed", True))
         item.autoBtn.clicked.connect(lambda *_: setattr(self, "tradeoff_zoomed", False))
@@ -248,7 +248,7 @@ class Plots(QObject):
             vb.enableAutoRange(y=True)
             slowest = max((p.latency_ms for p in self.points if p.score is not None), default=None)
             if slowest:  # latency from zero: 16.9 against 17.0 ms must not look like a speedup
-                self.tradeoff.setXRange(0, slowest * 1.1, padding=0)
+                self.tradeoff.setXRange(0, slowest * 1.2, padding=0)  # room for the slowest marker
             vb.updateAutoRange()
 
     def front(self) -> tuple[list[float], list[float]]:
