@@ -95,6 +95,21 @@ def test_the_dp_beats_a_uniform_allocation(db):
         assert sum(t.loss[choice[n]] for n, t in db.tables.items()) <= uniform * (1 + 1e-9)
 
 
+@pytest.mark.parametrize("sparsity", [0.3, 0.5])
+def test_no_layer_goes_past_the_ceiling(db, sparsity):
+    """No free layer's level is more than HEADROOM above the average the free layers need, the
+    budget holds as before, and without the ceiling the DP would have gone past it here."""
+    free = [n for n, t in db.tables.items() if t.kind not in prune_obc.DENSE_KINDS]
+    need = (round(sparsity * db.total) - db.base_zeros - sum(t.zeros[0] for t in db.tables.values())) / sum(
+        db.tables[n].numel - db.tables[n].zeros[0] for n in free)
+    ceiling = need + prune_obc.HEADROOM
+    levels = db.levels_for(sparsity)
+    assert max(levels[n] for n in free) <= ceiling + 1e-9
+    assert max(db.levels_for(sparsity, headroom=None)[n] for n in free) > ceiling
+    zeros = db.base_zeros + sum(t.zeros[db.levels.index(levels[n])] for n, t in db.tables.items())
+    assert zeros <= round(sparsity * db.total)
+
+
 def test_out_of_reach_sparsity_is_refused(tiny, db):
     assert db.max_sparsity() < db.max_sparsity(dense_kinds=()) == 1.0
     with pytest.raises(ValueError, match="out of reach"):
