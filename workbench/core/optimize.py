@@ -256,7 +256,7 @@ def prune_obc(work, original, config, calibration, result) -> Iterator[str]:
     """OBC-style: the per-layer database is prepared once (cached in memory and on disk), then
     a sparsity is a dynamic program over the per-layer losses plus a stitch of stored weights."""
     from .process import cache_dir
-    from .prune_obc import prepare_steps
+    from .prune_obc import HEADROOM, prepare_steps
 
     if not calibration:
         raise OptimizeError("the OBC pruning database needs calibration images")
@@ -272,7 +272,8 @@ def prune_obc(work, original, config, calibration, result) -> Iterator[str]:
         result.notes.append(f"reached {reach:.1%} zeros: the most with depthwise and stem layers dense")
     per_layer = db.apply_(work, min(config.sparsity, reach))
     result.allocation["sparsity"] = {n: round(p, 4) for n, p in per_layer.items()}
-    result.methods += ["OBS reconstruction (per-layer mask database)", "sparsity allocation by dynamic programming"]
+    result.methods += ["OBS reconstruction (per-layer mask database)",
+                       f"sparsity allocation by dynamic programming (ceiling: average + {100 * HEADROOM:.0f} points)"]
     result.notes.append("depthwise and stem layers kept dense (too sensitive for their size)")
     yield "pruned"
 
