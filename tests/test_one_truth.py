@@ -363,6 +363,19 @@ def test_trade_off_plot_latency_starts_at_zero(qtbot):
         w.deleteLater()
 
 
+def test_allocation_plot_spans_every_layer_before_sensitivity(qtbot):
+    """The allocation plot shares its layer axis with the sensitivity plot; while that one was
+    empty, its range (0 to 1) showed two bars of a 64-layer allocation."""
+    from workbench.ui.layers import LayersView
+
+    view = LayersView()
+    qtbot.addWidget(view)
+    names = [f"layer{i}" for i in range(64)]
+    view.show_allocation({"sparsity": {n: 0.5 for n in names}}, names)
+    low, high = view.allocation.getViewBox().viewRange()[0]
+    assert low <= 0 and high >= 63
+
+
 _MALLOC_PROBE = """
 import ctypes, json, threading
 from workbench.core.process import fix_allocator, machine, setup_process

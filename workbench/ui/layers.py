@@ -92,6 +92,12 @@ class LayersView(QWidget):
             heights = []
         self.alloc_bars.setOpts(x=np.arange(len(heights)), height=heights)
         self.allocation.setTitle(f"Allocation that ran: {kind or 'uniform'}")
+        self._fit_layers()
+
+    def _fit_layers(self) -> None:
+        """Both plots (x-linked) span every layer: before sensitivity is measured, the empty
+        sensitivity plot's own range (0 to 1) showed two layers of the allocation."""
+        self.sensitivity.setXRange(-0.6, max(len(self.names), 1) - 0.4, padding=0)
 
     def _redraw(self) -> None:
         heights = [math.log10(self._sens[n].kl) if n in self._sens else 0.0 for n in self.names]
@@ -99,6 +105,7 @@ class LayersView(QWidget):
         brushes = [pg.mkBrush(*(EXCLUDED if n in self.excluded else (52, 101, 164))) for n in self.names]
         self.sens_bars.setOpts(x=np.arange(len(heights)), y0=low, height=[h - low for h in heights],
                                brushes=brushes)
+        self._fit_layers()
         parts = []
         if self.excluded:
             parts.append("excluded: " + ", ".join(sorted(self.excluded)))
