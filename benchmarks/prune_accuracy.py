@@ -6,7 +6,7 @@ Split of the shared ImageNet sample (500 photos): files sorted, shuffled with
 ``random.Random(seed)`` (``--seed``, default 0; docs report seeds 0, 1, 2); the first 128
 calibrate (never scored), the other 372 are scored (``--calibration N``, ``--scored-after M``).
 
-    python benchmarks/prune_accuracy.py [--data DIR] [--threads 1] [--cache DIR] [--seed 0]
+    python benchmarks/prune_accuracy.py [--data DIR] [--threads 1] [--cache DIR] [--seed 0] [--headroom none]
 """
 
 from __future__ import annotations
@@ -86,7 +86,10 @@ def main() -> None:
     ap.add_argument("--scored-after", type=int, default=None,
                     help="score the photos after the first M (default: after the calibration images), so that "
                          "runs with different --calibration can score the same photos")
+    ap.add_argument("--headroom", default=str(prune_obc.HEADROOM),
+                    help="no layer more than this above the average sparsity ('none': no ceiling, sessions 18-29)")
     args = ap.parse_args()
+    headroom = None if args.headroom == "none" else float(args.headroom)
     torch.set_num_threads(args.threads)
 
     loaded = load_model("efficientnet_lite0")
@@ -118,7 +121,7 @@ def main() -> None:
 
         obc = copy.deepcopy(model)
         t = time.perf_counter()
-        per_layer = db.apply_(obc, s)
+        per_layer = db.apply_(obc, s, headroom=headroom)
         apply_s = time.perf_counter() - t
         acc_obc = top1(obc, x, y)
         z = zeros_fraction(obc)
