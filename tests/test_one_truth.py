@@ -414,3 +414,27 @@ def test_the_allocator_is_fixed_for_every_process_that_times():
     assert probe["malloc"] == {"mmap_threshold": 32 << 20, "trim_threshold": 256 << 20, "arena_max": 1}
     assert probe["mapped"] == 0
     assert out.stderr.count("Arena ") == 1, out.stderr  # the worker thread allocated from the main arena
+
+
+@pytest.mark.gui
+def test_recovered_report_and_copied_command_give_the_same_numbers(qtbot, folder, monkeypatch):
+    """After *Recover accuracy* the copied command replays the distillation steps the window kept."""
+    import workbench.ui.controller as controller
+
+    monkeypatch.setattr(controller, "RECOVER_SECONDS", 3.0)
+    w = _open(qtbot, source=str(folder))
+    w.set_config(OptimizationConfig(sparsity=0.3))
+    qtbot.waitUntil(lambda: w.report() is not None and w.report()["config"]["sparsity"] == 0.3, timeout=LONG)
+    assert "--recover-steps" not in w.controller.command()
+    w.controller.recover()
+    qtbot.waitUntil(lambda: w.report() is not None and w.report()["optimized"]["recovered_steps"] is not None,
+                    timeout=LONG)
+    report = w.report()
+    kept = report["optimized"]["recovered_steps"]
+    assert kept >= 1 and f"--recover-steps {kept}" in w.controller.command()
+    assert w.optimized_pane.title().endswith(f"+ distilled ({kept} steps)")
+    cli = _run(w.controller.command())
+    _assert_same(report, cli)
+    assert cli["optimized"]["methods"] == report["optimized"]["methods"]
+    assert cli["optimized"]["kl"] == pytest.approx(report["optimized"]["kl"], rel=1e-3, abs=1e-7)
+    w.close()

@@ -192,7 +192,7 @@ def test_distillation_lowers_the_loss_and_keeps_zeros(tiny, tiny_inputs):
     result = optimize(tiny, OptimizationConfig(sparsity=0.6, prune_method="unstructured"), tiny_inputs)
     zeros = {n: (p == 0) for n, p in result.model.named_parameters() if p.dim() > 1}
     losses = [s["loss"] for s in distill_steps(result.model, tiny, tiny_inputs, seconds=3, lr=1e-3)
-              if isinstance(s, dict)]
+              if isinstance(s, dict) and "loss" in s]
     assert len(losses) > 5 and min(losses[-3:]) < losses[0]
     for n, p in result.model.named_parameters():
         if n in zeros:
@@ -277,10 +277,10 @@ def test_recovery_teaches_only_the_calibration_images(tiny, tiny_inputs, monkeyp
 
     seen = []
 
-    def spy(steps, *args, **kw):  # runs here, so that the images can be compared
-        if steps is recover.distilled_steps:
+    def spy(fn, *args, **kw):  # runs here, so that the images can be compared
+        if fn is recover.distilled_steps:
             seen.extend(args[2])
-        yield from steps(*args, **kw)
+        yield from fn(*args, **kw)
 
     monkeypatch.setattr(isolate, "isolated", spy)
     monkeypatch.setattr(session, "_measured", lambda ws, opt, folder, settings: opt)  # figures: elsewhere
@@ -289,7 +289,27 @@ def test_recovery_teaches_only_the_calibration_images(tiny, tiny_inputs, monkeyp
     steps = list(session.recover_job(ws, SimpleNamespace(optimized=opt), MeasureSettings(calibration_images=4),
                                      seconds=0.5))
     assert [id(x) for x in seen] == [id(x) for x in tiny_inputs[:4]]
-    assert steps[-1].methods[-1] == "distillation (0 s, on the 4 calibration images)"
+    kept = steps[-1].recovered_steps
+    assert kept >= 1 and steps[-1].methods[-1] == f"distillation ({kept} steps on the 4 calibration images)"
+    with pytest.raises(ValueError, match="already distilled"):  # a second run: not one compare can replay
+        list(session.recover_job(ws, SimpleNamespace(optimized=steps[-1]), MeasureSettings(calibration_images=4),
+                                 seconds=0.5))
+
+
+def test_a_timed_distillation_is_replayed_by_its_kept_steps(tiny, tiny_inputs):
+    """compare --recover-steps N gives the weights the window's time-bounded run kept."""
+    result = optimize(tiny, OptimizationConfig(sparsity=0.6, prune_method="unstructured"), tiny_inputs)
+    timed, replay = copy.deepcopy(result.model), copy.deepcopy(result.model)
+    # a high learning rate: the held-out check keeps earlier weights than the last ones
+    log = [s for s in distill_steps(timed, tiny, tiny_inputs, seconds=1.5, lr=0.05, check_every=0.1)
+           if isinstance(s, dict)]
+    kept = log[-1]["kept_steps"]
+    assert 0 < kept and log[-1]["step"] == log[-2]["step"]
+    replayed = [s for s in distill_steps(replay, tiny, tiny_inputs, exact_steps=kept, lr=0.05) if isinstance(s, dict)]
+    assert replayed[-1] == {"step": kept, "kept_steps": kept, "held_out_kl": None}
+    for (name, a), b in zip(timed.state_dict().items(), replay.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert any(not torch.equal(a, b) for a, b in zip(timed.state_dict().values(), result.model.state_dict().values()))
 
 
 def test_recovery_trains_a_copy_in_a_child_process(tiny, tiny_inputs):
@@ -299,7 +319,8 @@ def test_recovery_trains_a_copy_in_a_child_process(tiny, tiny_inputs):
     result = optimize(tiny, OptimizationConfig(sparsity=0.6, prune_method="unstructured"), tiny_inputs)
     before = {k: v.clone() for k, v in result.model.state_dict().items()}
     steps = list(isolated(distilled_steps, result.model, tiny, tiny_inputs, seconds=1, lr=1e-3, check_every=0.2))
-    student = steps[-1]
+    student, kept = steps[-1]
+    assert kept >= 1
     assert isinstance(student, torch.nn.Module) and student is not result.model
     assert all(torch.equal(v, result.model.state_dict()[k]) for k, v in before.items())  # the original copy stays
     assert any(not torch.equal(v, student.state_dict()[k]) for k, v in before.items())  # the copy was trained

@@ -70,6 +70,9 @@ def _compare_parser(sub) -> None:
     p.add_argument("--calibration", type=int, default=None, help="calibration images (default: 128)")
     p.add_argument("--runs", type=int, default=None, help="timed runs for latency (default: 30)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    p.add_argument("--recover-steps", type=int, default=None, metavar="N",
+                   help="then distil the optimized model N steps from the original on the calibration images "
+                        "(the window's Recover accuracy: its copied command gives the steps it kept)")
     p.add_argument("--out", default=None, help="folder for the model files whose size is reported")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
@@ -177,6 +180,8 @@ def run_compare(args) -> int:
 
     if args.limit is not None and args.limit < 1:
         return _fail(f"--limit must be at least 1, got {args.limit}")
+    if args.recover_steps is not None and args.recover_steps < 0:
+        return _fail(f"--recover-steps must be 0 or more, got {args.recover_steps}")
     try:
         config, settings = _settings_and_config(args)
         setup_process(settings.threads)
@@ -186,7 +191,8 @@ def run_compare(args) -> int:
         return _fail(str(exc))
     report = None
     try:
-        for step in compare_steps(loaded, source, config, settings, limit=args.limit, out_dir=args.out):
+        for step in compare_steps(loaded, source, config, settings, limit=args.limit, out_dir=args.out,
+                                  recover=args.recover_steps):
             if isinstance(step, str):
                 if sys.stderr.isatty():
                     print(f"\r{step:60}", end="", file=sys.stderr, flush=True)

@@ -148,7 +148,7 @@ def _recovery_rows(loaded, frames, config: OptimizationConfig, seconds: float, l
     settings = MeasureSettings(latency_runs=latency_runs)
     before = compare_on_inputs(loaded, result, test, settings)
     yield _accuracy_row("structured, 30% fewer MACs (held-out half)", "best", before)
-    *_, student = isolated(distilled_steps, result.model, loaded.model, teach, seconds=seconds)  # as the window
+    *_, (student, _) = isolated(distilled_steps, result.model, loaded.model, teach, seconds=seconds)  # as the window
     after = compare_on_inputs(loaded, dataclasses.replace(result, model=student, float_model=student), test, settings)
     yield _accuracy_row("structured, 30% fewer MACs (held-out half)", "best + distillation", after, seconds)
 

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -124,7 +126,7 @@ def build_report(loaded: LoadedModel, opt: OptimizedModel, settings: MeasureSett
                  "agreement": agreement(ref, new), "kl": mean_kl(ref, new), "kernels": opt.kernels,
                  "simulated": opt.simulated, "description": opt.description,
                  "float_fallback": opt.float_fallback, "notes": opt.notes, "methods": opt.methods,
-                 "allocation": opt.allocation}
+                 "allocation": opt.allocation, "recovered_steps": opt.recovered_steps}
     return {"model": loaded.display_name, "random_weights": loaded.random_weights,
             "source": source_name, "config": config_block(opt.config, settings), "images": len(all_labels),
             "labelled": sum(y is not None for y in all_labels),
@@ -134,9 +136,33 @@ def build_report(loaded: LoadedModel, opt: OptimizedModel, settings: MeasureSett
             "threads": torch.get_num_threads(), "machine": machine(), "original": original, "optimized": optimized}
 
 
+def recover_steps(loaded: LoadedModel, opt: OptimizedModel, images: Sequence[torch.Tensor], *,
+                  seconds: float = math.inf, steps: int | None = None) -> Iterator[str | OptimizedModel]:
+    """Distil a copy of ``opt``'s model from the original on ``images`` (``recover.distill_steps``:
+    for ``seconds``, or exactly ``steps`` steps to replay such a run), in a child process
+    (training in this one left the models timed afterwards about 10 % slow). Yields progress,
+    then the recovered model; its ``recovered_steps`` is what ``compare --recover-steps`` replays."""
+    from .isolate import isolated
+    from .recover import distilled_steps
+
+    if opt.model is not opt.float_model:
+        raise ValueError("recovery fine-tunes float torch models: use 32 bits, the torch runtime and the CPU")
+    if opt.recovered_steps is not None:  # a second run would not be one that compare can replay
+        raise ValueError(f"this model is already distilled ({opt.recovered_steps} steps kept); "
+                         "move a slider to start again from the optimized model")
+    student, kept = yield from relay(isolated(distilled_steps, opt.float_model, loaded.model, images,
+                                              seconds=seconds, exact_steps=steps))
+    return dataclasses.replace(opt, model=student, float_model=student, recovered_steps=kept,
+                               methods=opt.methods + [f"distillation ({kept} steps on the {len(images)} "
+                                                      "calibration images)"])
+
+
 def compare_steps(loaded: LoadedModel, source, config: OptimizationConfig, settings: MeasureSettings | None = None,
-                  *, limit: int | None = None, out_dir: Path | None = None) -> Iterator[str | dict]:
-    """The whole comparison as a generator: progress strings, then the report dict."""
+                  *, limit: int | None = None, out_dir: Path | None = None,
+                  recover: int | None = None) -> Iterator[str | dict]:
+    """The whole comparison as a generator: progress strings, then the report dict.
+    ``recover``: distil the optimized model that many steps on the calibration images
+    (:func:`recover_steps`), as the window's *Recover accuracy* did."""
     settings = settings or MeasureSettings()
     batch = yield from relay(load_batch(loaded, source, limit))
     if not batch.inputs:
@@ -144,6 +170,8 @@ def compare_steps(loaded: LoadedModel, source, config: OptimizationConfig, setti
     out = Path(out_dir or tempfile.mkdtemp(prefix="workbench-"))
     out.mkdir(parents=True, exist_ok=True)
     opt = yield from relay(optimize_batch_steps(loaded, batch, config, settings, out))
+    if recover is not None:
+        opt = yield from recover_steps(loaded, opt, batch.inputs[:settings.calibration_images], steps=recover)
     yield f"evaluating {len(batch.inputs)} images"
     yield report_for(loaded, opt, batch, out, settings, source.name)
 
@@ -192,7 +220,7 @@ def compare(loaded: LoadedModel, source, config: OptimizationConfig, settings: M
 
 
 def compare_command(model: str, images: str | None, limit: int | None, config: OptimizationConfig,
-                    settings: MeasureSettings) -> str:
+                    settings: MeasureSettings, recovered_steps: int | None = None) -> str:
     """The ``python -m workbench compare`` arguments that reproduce ``config`` on a source."""
     import shlex
 
@@ -229,5 +257,7 @@ def compare_command(model: str, images: str | None, limit: int | None, config: O
         args += ["--runs", str(settings.latency_runs)]
     if settings.threads is not None:
         args += ["--threads", str(settings.threads)]
+    if recovered_steps is not None:
+        args += ["--recover-steps", str(recovered_steps)]
     args.append("--json")
     return " ".join(shlex.quote(a) for a in args)

@@ -84,6 +84,7 @@ class OptimizedModel:
     sensitivity: dict = field(default_factory=dict)  # {"probe": str, "layers": {name: LayerSensitivity}}
     scales: dict[str, torch.Tensor] = field(default_factory=dict)  # per-channel scales chosen by GPTQ
     file: Path | None = None  # the deployable file, when the runtime needed one (ONNX)
+    recovered_steps: int | None = None  # distillation steps in the weights (compare --recover-steps)
 
     @property
     def simulated(self) -> bool:

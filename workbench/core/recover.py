@@ -187,18 +187,22 @@ def _kl_batches(teacher_logp: list[torch.Tensor], student: nn.Module, batches: l
 
 
 def distilled_steps(student: nn.Module, teacher: nn.Module, images: Sequence[torch.Tensor],
-                    **kwargs) -> Iterator[str | nn.Module]:
-    """:func:`distill_steps` on a copy of ``student``: its progress strings, then the copy (a step
-    generator for :func:`.isolate.isolated`, which gives the training a process of its own)."""
+                    **kwargs) -> Iterator[str | tuple[nn.Module, int]]:
+    """:func:`distill_steps` on a copy of ``student``: its progress strings, then the copy and
+    the number of training steps in the weights it ended with (a step generator for
+    :func:`.isolate.isolated`, which gives the training a process of its own)."""
     student = copy.deepcopy(student)
+    kept = 0
     for step in distill_steps(student, teacher, images, **kwargs):
         if isinstance(step, str):
             yield step
-    yield student
+        elif "kept_steps" in step:
+            kept = step["kept_steps"]
+    yield student, kept
 
 
 def distill_steps(student: nn.Module, teacher: nn.Module, images: Sequence[torch.Tensor], *,
-                  seconds: float = 60.0, lr: float = 1e-5, batch_size: int = 16,
+                  seconds: float = 60.0, exact_steps: int | None = None, lr: float = 1e-5, batch_size: int = 16,
                   temperature: float = 1.0, held_out: float = 0.125, check_every: float = 30.0,
                   seed: int = 0) -> Iterator[str | dict]:
     """Fine-tune ``student`` in place towards ``teacher``'s outputs on ``images`` (no labels),
@@ -211,11 +215,16 @@ def distill_steps(student: nn.Module, teacher: nn.Module, images: Sequence[torch
     ``check_every`` seconds and at the end the student's KL divergence from the teacher on
     them is measured, and the student ends with the weights that had the lowest (the
     starting weights if training never improved on them).
-    Yields progress strings and, after every step, a dict with the step's loss."""
+
+    ``exact_steps``: train exactly that many steps instead, with no time bound and no choice of
+    weights (the same images held out, so the same batches): this replays a time-bounded run
+    whose last dict said ``kept_steps`` = ``exact_steps``, e.g. the window's recovery in ``compare``.
+    Yields progress strings and, after every step, a dict with the step's loss; at the end a
+    dict with ``kept_steps``, the training steps in the weights the student ends with."""
     images = list(images)
     masks = {n: (p != 0) for n, p in student.named_parameters() if p.dim() > 1 and (p == 0).any()}
     n_check = max(1, int(len(images) * held_out)) if len(images) >= 8 and held_out > 0 else 0
-    check = list(_batches(images[len(images) - n_check:], batch_size)) if n_check else []
+    check = list(_batches(images[len(images) - n_check:], batch_size)) if n_check and exact_steps is None else []
     train = images[:len(images) - n_check]
     with torch.no_grad(), running():
         check_t = [F.log_softmax(teacher(b), 1) for b in check]
@@ -225,9 +234,10 @@ def distill_steps(student: nn.Module, teacher: nn.Module, images: Sequence[torch
     student.eval()  # BatchNorm statistics as calibrated, no dropout; gradients still flow
     best = _kl_batches(check_t, student, check) if check else None
     best_state = {k: v.clone() for k, v in student.state_dict().items()} if check else None
-    start, step, order, last_check = time.monotonic(), 0, [], time.monotonic()
+    start, step, order, last_check, best_step = time.monotonic(), 0, [], time.monotonic(), 0
+    kept = None
     try:
-        while time.monotonic() - start < seconds:
+        while (time.monotonic() - start < seconds) if exact_steps is None else step < exact_steps:
             if len(order) < batch_size:
                 order += torch.randperm(len(train), generator=gen).tolist()
             idx, order = order[:batch_size], order[batch_size:]
@@ -249,16 +259,21 @@ def distill_steps(student: nn.Module, teacher: nn.Module, images: Sequence[torch
             if check and (now - last_check >= check_every or now - start >= seconds):
                 kl = _kl_batches(check_t, student, check)
                 if kl < best:
-                    best, best_state = kl, {k: v.clone() for k, v in student.state_dict().items()}
+                    best, best_step = kl, step
+                    best_state = {k: v.clone() for k, v in student.state_dict().items()}
                 last_check = time.monotonic()
             elapsed = now - start
-            yield f"distilling: step {step}, {elapsed:.0f}/{seconds:.0f} s, loss {loss.item():.4f}"
+            of = f"/{exact_steps}" if exact_steps is not None else f", {elapsed:.0f}/{seconds:.0f} s"
+            yield f"distilling: step {step}{of}, loss {loss.item():.4f}"
             yield {"step": step, "loss": loss.item(), "elapsed": elapsed, "held_out_kl": best}
+        kept = step
     finally:
         if best_state is not None:
             if not _kl_batches(check_t, student, check) <= best:  # worse, or NaN
                 student.load_state_dict(best_state)
+                kept = best_step
         student.eval()
+    yield {"step": step, "kept_steps": kept, "held_out_kl": best}
 
 
 def layer_hessians(model: nn.Module, layers: dict[str, nn.Module],

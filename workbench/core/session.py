@@ -3,7 +3,6 @@ and the long jobs (optimize, evaluate) as generators the window runs off its thr
 
 from __future__ import annotations
 
-import dataclasses
 import shutil
 import tempfile
 import time
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from .compare import build_report, optimized_figures, original_figures, paired_latency, skipped_of
+from .compare import build_report, optimized_figures, original_figures, paired_latency, recover_steps, skipped_of
 from .config import MeasureSettings, OptimizationConfig
 from .locks import running
 from .measure import Predictions
@@ -327,17 +326,7 @@ def recover_job(ws: Workspace, measured: Measured, settings: MeasureSettings,
     """Distil a copy of the optimized model from the original on the images that calibrate
     (never on the ones that are scored: the report's accuracy must stay on images the model
     has not learned from), for at most ``seconds``; yields progress, then the re-measured model."""
-    from .isolate import isolated
-    from .recover import distilled_steps
-
-    opt = measured.optimized
-    if opt.model is not opt.float_model:
-        raise ValueError("recovery fine-tunes float torch models: use 32 bits, the torch runtime and the CPU")
     teach = ws.calibration(settings.calibration_images)
-    # in a child process: training here left the models timed afterwards about 10 % slow
-    student = yield from relay(isolated(distilled_steps, opt.float_model, ws.loaded.model, teach, seconds=seconds))
-    recovered = dataclasses.replace(opt, model=student, float_model=student,
-                                    methods=opt.methods + [f"distillation ({seconds:.0f} s, on the {len(teach)} "
-                                                           "calibration images)"])
+    recovered = yield from recover_steps(ws.loaded, measured.optimized, teach, seconds=seconds)
     yield "measuring the recovered model"
     yield _measured(ws, recovered, ws.config_dir(), settings)
