@@ -432,7 +432,7 @@ def test_recovered_report_and_copied_command_give_the_same_numbers(qtbot, folder
     report = w.report()
     kept = report["optimized"]["recovered_steps"]
     assert kept >= 1 and f"--recover-steps {kept}" in w.controller.command()
-    assert w.optimized_pane.title().endswith(f"+ distilled ({kept} steps)")
+    assert w.optimized_pane.title().endswith(" + distilled")
     cli = _run(w.controller.command())
     _assert_same(report, cli)
     assert cli["optimized"]["methods"] == report["optimized"]["methods"]

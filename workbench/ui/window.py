@@ -359,7 +359,7 @@ class MainWindow(QMainWindow):
         self._update_figures(new_latency=self.controller.measured_result is not None)
 
     def _on_model_ready(self, opt) -> None:
-        distilled = f" + distilled ({opt.recovered_steps} steps)" if opt.recovered_steps is not None else ""
+        distilled = " + distilled" if opt.recovered_steps is not None else ""  # the steps: in the copied command
         self.optimized_pane.setTitle(f"Optimized: {opt.config.label()}{distilled}")
         self.optimized_pane.what.setText(f"{opt.description}\nkernels: {opt.kernels}  ·  measuring…")
 
