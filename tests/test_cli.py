@@ -36,8 +36,16 @@ def test_compare_table_with_a_broken_image(capsys, tmp_path):
     (["--bits", "9"], "bits"),
     (["--images", "/no/such/folder"], "no such"),
     (["--model", "nonsense_net"], "unknown model"),
+    (["--recover-steps", "-1"], "--recover-steps must be 0 or more"),
 ])
 def test_bad_arguments_exit_2_with_one_line(capsys, args, message):
     assert main(["compare", *args]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
+
+
+def test_a_saved_report_with_bad_recovered_steps_is_refused(capsys, tmp_path):
+    saved = tmp_path / "report.json"
+    saved.write_text(json.dumps({"config": {"sparsity": 0.3}, "original": {}, "optimized": {"recovered_steps": "many"}}))
+    assert main(["compare", "--config", str(saved)]) == 2
+    assert "recovered_steps" in capsys.readouterr().err

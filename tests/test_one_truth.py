@@ -417,7 +417,7 @@ def test_the_allocator_is_fixed_for_every_process_that_times():
 
 
 @pytest.mark.gui
-def test_recovered_report_and_copied_command_give_the_same_numbers(qtbot, folder, monkeypatch):
+def test_recovered_report_and_copied_command_give_the_same_numbers(qtbot, folder, tmp_path, monkeypatch):
     """After *Recover accuracy* the copied command replays the distillation steps the window kept."""
     import workbench.ui.controller as controller
 
@@ -437,4 +437,9 @@ def test_recovered_report_and_copied_command_give_the_same_numbers(qtbot, folder
     _assert_same(report, cli)
     assert cli["optimized"]["methods"] == report["optimized"]["methods"]
     assert cli["optimized"]["kl"] == pytest.approx(report["optimized"]["kl"], rel=1e-3, abs=1e-7)
+    saved = tmp_path / "report.json"  # a saved report replays its steps too
+    saved.write_text(json.dumps(report))
+    again = _run(f"python -m workbench compare --images {shlex.quote(str(folder))} --json", "--config", str(saved))
+    _assert_same(report, again)
+    assert again["optimized"]["methods"] == report["optimized"]["methods"]
     w.close()

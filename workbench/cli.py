@@ -172,7 +172,7 @@ def _table(report: dict) -> str:
 
 def run_compare(args) -> int:
     from .core.compare import compare_steps
-    from .core.config import ConfigError
+    from .core.config import ConfigError, recovered_steps_in
     from .core.models import ModelLoadError, load_model
     from .core.optimize import OptimizeError
     from .core.process import setup_process
@@ -184,6 +184,9 @@ def run_compare(args) -> int:
         return _fail(f"--recover-steps must be 0 or more, got {args.recover_steps}")
     try:
         config, settings = _settings_and_config(args)
+        recover = args.recover_steps
+        if recover is None and args.config:  # a saved report of a recovered model replays its steps
+            recover = recovered_steps_in(args.config)
         setup_process(settings.threads)
         source = open_source(args.images, args.limit, settings.calibration_images)
         loaded = load_model(args.model, weights=args.weights, trust=args.trust, arch=args.arch)
@@ -192,7 +195,7 @@ def run_compare(args) -> int:
     report = None
     try:
         for step in compare_steps(loaded, source, config, settings, limit=args.limit, out_dir=args.out,
-                                  recover=args.recover_steps):
+                                  recover=recover):
             if isinstance(step, str):
                 if sys.stderr.isatty():
                     print(f"\r{step:60}", end="", file=sys.stderr, flush=True)

@@ -253,3 +253,13 @@ def read_json(path: str | Path, what: str = "config file"):
 def load_config_file(path: str | Path) -> tuple[OptimizationConfig, MeasureSettings]:
     """A config block, or a whole report of ``compare --json``, from a JSON file."""
     return read_config_block(read_json(path))
+
+
+def recovered_steps_in(path: str | Path) -> int | None:
+    """The distillation steps of a whole ``compare --json`` report's optimized model (the
+    window's *Recover accuracy*), or None; ConfigError if they are not a count."""
+    data = read_json(path)
+    steps = (data.get("optimized") or {}).get("recovered_steps") if isinstance(data, dict) else None
+    if steps is not None and not (isinstance(steps, int) and not isinstance(steps, bool) and steps >= 0):
+        raise ConfigError(f"recovered_steps in {path} must be a count of steps, got {steps!r}")
+    return steps
