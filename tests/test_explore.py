@@ -175,3 +175,16 @@ def test_budget_search_through_the_cli(images, tmp_path, capsys):
     result = json.loads((out / "results.json").read_text())
     assert result["best"]["size_bytes"] <= 1000e6 and len(result["rows"]) == 1
     assert (out / "pareto.png").stat().st_size > 0 and len((out / "results.csv").read_text().splitlines()) == 2
+
+
+def test_export_of_a_recovered_model_is_the_one_compare_replays(images, tmp_path, capsys):
+    options = ["--images", str(images), "--limit", "4", "--sparsity", "0.3", "--prune-method", "unstructured-global",
+               "--runs", "3", "--calibration", "4", "--recover-steps", "2", "--json"]
+    assert run_cli(["export", *options, "--out", str(tmp_path / "export")]) == 0
+    exported = json.loads(capsys.readouterr().out)
+    assert run_cli(["compare", *options]) == 0
+    compared = json.loads(capsys.readouterr().out)
+    q = exported["optimized"]
+    assert q["recovered_steps"] == 2 and q["methods"][-1] == "distillation (2 steps on the 4 calibration images)"
+    assert q["methods"] == compared["optimized"]["methods"] and q["kl"] == compared["optimized"]["kl"]
+    assert exported["export_check"]["torchscript"]["same_top1"]

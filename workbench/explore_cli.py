@@ -69,6 +69,9 @@ def add_parsers(sub) -> None:
     e.add_argument("--runtime", choices=runtimes, default="torch",
                    help="; ".join(f"{m.key}: {m.help}" for m in methods.RUNTIMES.values()))
     measure_options(e)
+    e.add_argument("--recover-steps", type=int, default=None, metavar="N",
+                   help="distil the optimized model N steps on the calibration images first (the window's "
+                        "Recover accuracy; compare --recover-steps)")
     e.add_argument("--out", required=True, help="folder for the exported files")
     e.add_argument("--json", action="store_true", help="print report.json")
 
@@ -203,7 +206,10 @@ def _export(args, settings) -> int:
 
     config = OptimizationConfig(sparsity=args.sparsity, prune_method=args.prune_method, bits=args.bits,
                                 quant_scheme=args.quant_scheme, act_bits=args.act_bits, runtime=args.runtime)
-    report = _drain(export_steps(args.model, args.images, config, settings, args.limit, Path(args.out)))
+    if args.recover_steps is not None and args.recover_steps < 0:
+        return _fail(f"--recover-steps must be 0 or more, got {args.recover_steps}")
+    report = _drain(export_steps(args.model, args.images, config, settings, args.limit, Path(args.out),
+                                 recover=args.recover_steps))
     if args.json:
         print(json.dumps(report, indent=1, default=str))
         return 0

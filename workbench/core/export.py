@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .compare import optimize_batch_steps, report_for
+from .compare import optimize_batch_steps, recover_steps, report_for
 from .config import MeasureSettings, OptimizationConfig
 from .files import atomic_path
 from .measure import predict
@@ -89,19 +89,22 @@ def export_check(opt: OptimizedModel, files: dict[str, Path], inputs: Sequence[t
 
 def export_steps(model_spec: str | LoadedModel, images, config: OptimizationConfig,
                  settings: MeasureSettings | None = None, limit: int | None = None,
-                 out_dir: Path | str = "export", tried: Sequence[tuple[OptimizationConfig, dict]] = ()
-                 ) -> Iterator[str | dict]:
+                 out_dir: Path | str = "export", tried: Sequence[tuple[OptimizationConfig, dict]] = (),
+                 recover: int | None = None) -> Iterator[str | dict]:
     """Optimize as ``compare`` does (calibrated on the first ``settings.calibration_images``
     images), then write to ``out_dir``: model.onnx, model.ts, the shipped file behind the size
     figure (``optimized.pt`` / ``.wbpack`` / ``.onnx``, beside ``original.pt`` as in
     ``compare --out``), report.json (the compare report, with ``export`` and ``export_check``)
     and report.html. ``tried``: (configuration, report) pairs measured before (the window's), listed
-    in the report's table and plot. Yields progress, then the report."""
+    in the report's table and plot. ``recover``: distil the optimized model that many steps first
+    (``compare.recover_steps``, as the window's *Recover accuracy*). Yields progress, then the report."""
     settings = settings or MeasureSettings()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     loaded, source, batch = yield from relay(prepare_steps(model_spec, images, limit, settings.calibration_images))
     opt = yield from relay(optimize_batch_steps(loaded, batch, config, settings, out))
+    if recover is not None:
+        opt = yield from recover_steps(loaded, opt, batch.inputs[:settings.calibration_images], steps=recover)
     yield f"evaluating {len(batch.inputs)} images"
     report = report_for(loaded, opt, batch, out, settings, source.name)
     calibration = batch.inputs[:settings.calibration_images]  # the images the optimization calibrated on

@@ -81,9 +81,13 @@ class Controller(QObject):
 
         model = self.model_spec or DEFAULT_MODEL
         limit = FOLDER_LIMIT if self.ws and not self.ws.is_stream and self.source_spec is not None else None
+        return compare_command(model, self.source_spec, limit, self.config, self.settings, self.recovered_steps)
+
+    @property
+    def recovered_steps(self) -> int | None:
+        """The distillation steps in the optimized model shown (*Recover accuracy*), or None."""
         shown = self.measured_result.optimized if self.measured_result is not None else None
-        steps = shown.recovered_steps if shown is not None and shown.config == self.config else None
-        return compare_command(model, self.source_spec, limit, self.config, self.settings, steps)
+        return shown.recovered_steps if shown is not None and shown.config == self.config else None
 
     # loading ------------------------------------------------------------------
     def load(self, model_spec, source_spec) -> None:

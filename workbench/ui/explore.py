@@ -81,7 +81,7 @@ class Explorer(QObject):
         if out is None or self.c.ws is None:
             return
         self._submit("export", export_steps, self.c.ws.loaded, self.c.source_spec, self.c.config,
-                     self.c.settings, self._limit(), Path(out), list(self.c.tried.items()),
+                     self.c.settings, self._limit(), Path(out), list(self.c.tried.items()), self.c.recovered_steps,
                      on_result=lambda r: self.w.show_status(f"exported {self.c.config.label()} to {out}"))
 
     def _add_rows(self, rows: list[dict]) -> None:
