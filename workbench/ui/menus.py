@@ -240,7 +240,7 @@ The original and the optimized model are timed one after the other in the same j
 structured pruning, recovery, bit widths below 8 and layer sensitivities run in a child process, so
 they do not slow the timings here (they left later latencies 4-20 % high). int8 calibration runs
 here: it changed nothing measurable. Known: these medians read 3-4 % above <code>compare</code>'s on
-average on 2 cores (-10 to +14 % per run), also when nothing else runs in the app; not yet explained
+average on 2 cores (-10 to +27 % per run), also when nothing else runs in the app; not yet explained
 (the same window, re-timed a few seconds later, varies by as much). Their ratio holds.</li>
 <li><b>Model file size</b> (measured): the size of the file a user would ship, written for real
 (.pt, ONNX, or a packed file for simulated bit widths and zeroed weights).</li>
