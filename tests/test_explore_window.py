@@ -30,7 +30,15 @@ def test_the_trade_off_plot_draws_the_pareto_front(qtbot):
 def test_a_session_file_is_checked_when_it_is_read(tmp_path):
     path = save_session(tmp_path / "s.json", "efficientnet_lite0", None, OptimizationConfig(bits=8), [])
     assert load_session(path)["current"] == OptimizationConfig(bits=8)
+    assert load_session(path)["recovered_steps"] is None
     data = json.loads(path.read_text())
+    data["recovered_steps"] = -3
+    path.write_text(json.dumps(data))
+    with pytest.raises(ConfigError, match="recovered_steps"):
+        load_session(path)
+    data["recovered_steps"] = 12
+    path.write_text(json.dumps(data))
+    assert load_session(path)["recovered_steps"] == 12
     data["current"]["sparsity"] = 3.0
     path.write_text(json.dumps(data))
     with pytest.raises(ConfigError, match="sparsity must be between 0 and 0.95"):

@@ -442,4 +442,16 @@ def test_recovered_report_and_copied_command_give_the_same_numbers(qtbot, folder
     again = _run(f"python -m workbench compare --images {shlex.quote(str(folder))} --json", "--config", str(saved))
     _assert_same(report, again)
     assert again["optimized"]["methods"] == report["optimized"]["methods"]
+    session = w.explorer.save_session(str(tmp_path / "session.json"))  # and so does a saved session
     w.close()
+    other = _open(qtbot, source=str(folder))
+    qtbot.waitUntil(lambda: other.controller.ws is not None, timeout=LONG)
+    assert other.explorer.open_session(str(session))
+    qtbot.waitUntil(lambda: other.report() is not None and other.report()["optimized"]["recovered_steps"] == kept,
+                    timeout=LONG)
+    reopened = other.report()
+    _assert_same(report, reopened)
+    assert reopened["optimized"]["methods"] == report["optimized"]["methods"]
+    assert reopened["optimized"]["kl"] == pytest.approx(report["optimized"]["kl"], rel=1e-3, abs=1e-7)
+    assert other.optimized_pane.title().endswith(" + distilled")
+    other.close()

@@ -3,6 +3,7 @@ and the long jobs (optimize, evaluate) as generators the window runs off its thr
 
 from __future__ import annotations
 
+import math
 import shutil
 import tempfile
 import time
@@ -322,11 +323,13 @@ def sensitivity_job(ws: Workspace, config: OptimizationConfig) -> Iterator[str |
 
 
 def recover_job(ws: Workspace, measured: Measured, settings: MeasureSettings,
-                seconds: float = 60.0) -> Iterator[str | Measured]:
+                seconds: float = 60.0, steps: int | None = None) -> Iterator[str | Measured]:
     """Distil a copy of the optimized model from the original on the images that calibrate
     (never on the ones that are scored: the report's accuracy must stay on images the model
-    has not learned from), for at most ``seconds``; yields progress, then the re-measured model."""
+    has not learned from), for at most ``seconds``, or exactly ``steps`` steps to replay a
+    saved recovery; yields progress, then the re-measured model."""
     teach = ws.calibration(settings.calibration_images)
-    recovered = yield from recover_steps(ws.loaded, measured.optimized, teach, seconds=seconds)
+    recovered = yield from recover_steps(ws.loaded, measured.optimized, teach,
+                                         seconds=seconds if steps is None else math.inf, steps=steps)
     yield "measuring the recovered model"
     yield _measured(ws, recovered, ws.config_dir(), settings)

@@ -13,10 +13,12 @@ SESSION_VERSION = 1
 
 
 def save_session(path: str | Path, model: str, source: str | None, current: OptimizationConfig,
-                 reports: list[dict]) -> Path:
+                 reports: list[dict], recovered_steps: int | None = None) -> Path:
+    """``recovered_steps``: the distillation steps in the model shown for ``current`` (*Recover
+    accuracy*), replayed when the session is opened; None if it was not distilled."""
     path = Path(path)
     data = {"workbench_session": SESSION_VERSION, "model": model, "source": source,
-            "current": current.to_dict(), "tried": reports}
+            "current": current.to_dict(), "recovered_steps": recovered_steps, "tried": reports}
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(data, indent=1, default=str), encoding="utf-8")
@@ -24,7 +26,8 @@ def save_session(path: str | Path, model: str, source: str | None, current: Opti
 
 
 def load_session(path: str | Path) -> dict:
-    """``{"model", "source", "current": OptimizationConfig, "tried": [(OptimizationConfig, report)]}``;
+    """``{"model", "source", "current": OptimizationConfig, "recovered_steps": int | None,
+    "tried": [(OptimizationConfig, report)]}``;
     raises ConfigError saying what is wrong (not a session, a newer version, out-of-range values)."""
     data = read_json(path, "session")
     if not isinstance(data, dict) or "workbench_session" not in data:
@@ -36,9 +39,13 @@ def load_session(path: str | Path) -> dict:
     if not isinstance(data.get("current"), dict) or not isinstance(data.get("tried"), list):
         raise ConfigError("a session needs 'current' (a configuration) and 'tried' (a list of reports)")
     current = OptimizationConfig.from_dict(data["current"])
+    steps = data.get("recovered_steps")  # absent in sessions saved before it was kept
+    if steps is not None and not (isinstance(steps, int) and not isinstance(steps, bool) and steps >= 0):
+        raise ConfigError(f"recovered_steps in {path} must be a count of steps, got {steps!r}")
     tried = []
     for report in data["tried"]:
         if not isinstance(report, dict) or not isinstance(report.get("config"), dict):
             raise ConfigError("each tried configuration must be a compare report with a 'config' block")
         tried.append((read_config_block(report["config"])[0], report))
-    return {"model": data["model"], "source": data["source"], "current": current, "tried": tried}
+    return {"model": data["model"], "source": data["source"], "current": current, "recovered_steps": steps,
+            "tried": tried}

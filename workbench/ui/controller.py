@@ -61,6 +61,7 @@ class Controller(QObject):
         self.live = None  # LiveSession while a camera or video plays
         self._evaluation = None
         self._reading = False
+        self._replay = None  # (config, steps): a saved recovery to run again once config is shown
         self.notice = ""  # about the source, kept in the status line (e.g. unreadable files)
         self._debounce = QTimer(self, singleShot=True, interval=150)
         self._debounce.timeout.connect(self.apply)
@@ -247,6 +248,8 @@ class Controller(QObject):
     def request(self, config: OptimizationConfig) -> None:
         """A new configuration from the controls: applied once they rest (150 ms)."""
         self.config = config
+        if self._replay is not None and self._replay[0] != config:
+            self._replay = None
         self._debounce.start()
 
     def apply(self, force: bool = False) -> None:
@@ -288,6 +291,11 @@ class Controller(QObject):
                                on_result=self._on_original_measured, on_error=self._on_error)
         self.measured.emit(measured)
         opt = measured.optimized
+        if self._replay is not None and self._replay[0] == opt.config == self.config and opt.recovered_steps is None:
+            _, steps = self._replay
+            self._replay = None
+            self.recover(steps=steps)
+            return
         self._say(f"ready: {opt.config.label()} ({opt.description})"
                   + (f"; methods: {', '.join(opt.methods)}" if opt.methods else ""))
         self._start_evaluation()
@@ -299,15 +307,21 @@ class Controller(QObject):
             self.runner.submit("sensitivity", sensitivity_job, self.ws, self.config, on_progress=self._on_progress,
                                on_error=self._on_error, on_result=self.sensitivity_ready.emit)
 
-    def recover(self, seconds: float | None = None) -> None:
+    def recover(self, seconds: float | None = None, steps: int | None = None) -> None:
+        """*Recover accuracy*: distil the model shown for ``seconds``, or exactly ``steps`` steps."""
         from ..core.session import recover_job
 
         if self.ws is None or self.measured_result is None:
             return
         self.runner.cancel("evaluate")
         self.runner.submit("recover", recover_job, self.ws, self.measured_result, self.settings,
-                           seconds or RECOVER_SECONDS, on_progress=self._on_progress, on_error=self._on_error,
+                           seconds or RECOVER_SECONDS, steps, on_progress=self._on_progress, on_error=self._on_error,
                            on_result=self._on_measured)
+
+    def replay_recovery(self, config: OptimizationConfig, steps: int) -> None:
+        """Distil ``config``'s model ``steps`` steps once it is shown (a session that was saved
+        after *Recover accuracy*); forgotten when the controls move to another configuration."""
+        self._replay = (config, steps)
 
     # evaluation -------------------------------------------------------------------------
     def _start_evaluation(self) -> None:

@@ -124,7 +124,7 @@ class Explorer(QObject):
         c = self.c
         source = None if c.source_spec is None else str(c.source_spec)
         try:
-            saved = save_session(path, c.model_spec, source, c.config, list(c.tried.values()))
+            saved = save_session(path, c.model_spec, source, c.config, list(c.tried.values()), c.recovered_steps)
         except OSError as exc:
             self.w.show_status(f"session not saved: {exc}", True)
             return None
@@ -154,7 +154,12 @@ class Explorer(QObject):
         for config, report in session["tried"]:
             self.c.tried[config] = report
             self._add_point(config, report)
-        QTimer.singleShot(0, lambda: self.w.set_config(session["current"]))
+        QTimer.singleShot(0, lambda: self._restore(session["current"], session["recovered_steps"]))
+
+    def _restore(self, config, recovered_steps: int | None) -> None:
+        self.w.set_config(config)
+        if recovered_steps is not None:  # distilled when it was saved: the same steps again
+            self.c.replay_recovery(config, recovered_steps)
 
 
 def _budget_job(search, loaded, source, budget: dict, settings, limit, out):
