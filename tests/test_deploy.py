@@ -1,5 +1,7 @@
 """The deployment runtime (ONNX / ONNX Runtime) and the speed table."""
 
+import pickle
+
 import torch
 
 from workbench.core.config import OptimizationConfig
@@ -14,6 +16,8 @@ def test_exported_onnx_loads_runs_and_matches_torch(tiny, tiny_inputs, tmp_path)
     with torch.no_grad():
         for x in tiny_inputs[:4]:
             assert torch.allclose(ort_model(x), tiny(x), atol=1e-4)
+    again = pickle.loads(pickle.dumps(ort_model))  # as it travels to the process that times it
+    assert again.threads == 1 and torch.equal(again(tiny_inputs[0]), ort_model(tiny_inputs[0]))
 
 
 def test_onnxruntime_int8_runs_and_stays_close(tiny, tiny_inputs, tmp_path):

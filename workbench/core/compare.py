@@ -18,7 +18,7 @@ from .measure import (
     Predictions,
     agreement,
     mean_kl,
-    measure_latencies,
+    measure_latencies_apart,
     predict,
     static_figures,
     write_model_file,
@@ -82,9 +82,11 @@ def optimized_figures(opt: OptimizedModel, example: torch.Tensor, out: Path, set
 
 def paired_latency(loaded: LoadedModel, opt: OptimizedModel, example: torch.Tensor,
                    settings: MeasureSettings) -> tuple[Latency, Latency]:
-    """The original's and the optimized model's latency, timed in turns (the same load for both)."""
-    original, optimized = measure_latencies([loaded.model, opt.model], example, settings.latency_runs,
-                                            settings.warmup)
+    """The original's and the optimized model's latency, timed in turns (the same load for both),
+    in a fresh child process: the window and ``compare`` time the same way, whatever their own
+    process ran before."""
+    original, optimized = measure_latencies_apart([loaded.model, opt.model], example, settings.latency_runs,
+                                                  settings.warmup)
     return original, optimized
 
 

@@ -36,9 +36,12 @@ class OrtModel:
         options.intra_op_num_threads = threads or torch.get_num_threads()
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.path = Path(path)
+        self.path, self.threads = Path(path), threads
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
+
+    def __reduce__(self):  # a session cannot be pickled: the file and threads make it again (a timing child)
+        return OrtModel, (self.path, self.threads)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         out = self.session.run(None, {self.input_name: x.detach().cpu().numpy().astype(np.float32)})[0]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import resource
 import statistics
@@ -47,10 +48,17 @@ def measure_latency(model: nn.Module, example: torch.Tensor, runs: int = 30, war
     return measure_latencies([model], example, runs, warmup)[0]
 
 
-def measure_latencies(models: Sequence, example: torch.Tensor, runs: int = 30, warmup: int = 5) -> list[Latency]:
-    """:func:`measure_latency` of several models timed in turns (A B, B A, A B, ...): on a
-    shared machine two blocks of runs taken one after the other differ by up to a third, so
-    models compared with each other are timed interleaved and see the same load."""
+BLOCK = 5  # timed runs of one model in a row
+
+
+def measure_latencies(models: Sequence, example: torch.Tensor, runs: int = 30, warmup: int = 5,
+                      block: int = BLOCK) -> list[Latency]:
+    """:func:`measure_latency` of several models timed in turns of ``block`` runs (A B, B A, A B,
+    ...): on a shared machine two long blocks of runs taken one after the other differ by up to
+    a third, so models compared with each other take turns and see the same load. Each turn
+    starts with one untimed run: a runtime's threads spin a while after its own runs (ONNX
+    Runtime's), and run by run turns had the original torch model read 2.1x its own latency
+    beside an ONNX Runtime model (docs/benchmarks.md, session 32)."""
     times: list[list[float]] = [[] for _ in models]
     flush_denormals()
     with torch.inference_mode(), quiet():
@@ -62,11 +70,14 @@ def measure_latencies(models: Sequence, example: torch.Tensor, runs: int = 30, w
             for model in models:
                 for _ in range(warmup):
                     model(example)
-            for r in range(runs):
+            for r in range(math.ceil(runs / block)):
+                n = min(block, runs - r * block)
                 for k in (range(len(models)) if r % 2 == 0 else reversed(range(len(models)))):
-                    start = time.perf_counter()
                     models[k](example)
-                    times[k].append((time.perf_counter() - start) * 1000)
+                    for _ in range(n):
+                        start = time.perf_counter()
+                        models[k](example)
+                        times[k].append((time.perf_counter() - start) * 1000)
         finally:
             if threads != before:
                 torch.set_num_threads(before)
@@ -76,6 +87,29 @@ def measure_latencies(models: Sequence, example: torch.Tensor, runs: int = 30, w
         p90 = t[min(len(t) - 1, int(round(0.9 * (len(t) - 1))))]
         out.append(Latency(statistics.median(t), p90, runs, threads, getattr(model, "device_name", "cpu")))
     return out
+
+
+def _timing_steps(models: Sequence, example: torch.Tensor, runs: int, warmup: int):
+    yield "models loaded for timing"
+    yield measure_latencies(models, example, runs, warmup)
+
+
+def measure_latencies_apart(models: Sequence, example: torch.Tensor, runs: int = 30, warmup: int = 5) -> list[Latency]:
+    """:func:`measure_latencies` in a fresh child process (:func:`.isolate.isolated`), while this
+    process holds the exclusive side of the app lock: what a user's own process would time.
+    Timed in the process that ran the app's jobs (a window after an hour of use, reopened
+    sessions, recoveries), the same models read up to 1.38x the CLI's figures on the same machine
+    (docs/benchmarks.md, sessions 31-32). Models that cannot be pickled (an ONNX Runtime session)
+    are timed here."""
+    from .isolate import isolated
+
+    steps = isolated(_timing_steps, list(models), example, runs, warmup)
+    try:
+        next(steps)  # the child has loaded the models (outside the lock: the app goes on meanwhile)
+        with quiet():
+            return next(steps)
+    finally:
+        steps.close()
 
 
 def static_figures(model, float_model: nn.Module, example: torch.Tensor, file: tuple[Path, int, str],
