@@ -235,13 +235,13 @@ def what_am_i_seeing(window) -> str:
 <ul>
 <li><b>Latency, measured alone</b> (measured): the median of {s.latency_runs} runs of one image after
 {s.warmup} warm-up runs, {threads} threads, with the app's other work held back while it is timed.
-The original and the optimized model are timed one after the other in the same job. The
+The original and the optimized model are timed in turns of five runs, in a fresh child process
+(as <code>compare</code> times them: what the app ran before cannot slow them). The
 'this frame' figure in each pane is one run while the app works, so it is noisier. Pruning databases,
 structured pruning, recovery, bit widths below 8 and layer sensitivities run in a child process, so
 they do not slow the timings here (they left later latencies 4-20 % high). int8 calibration runs
-here: it changed nothing measurable. Known: these medians read 3-4 % above <code>compare</code>'s on
-average on 2 cores (-10 to +27 % per run), also when nothing else runs in the app; not yet explained
-(the same window, re-timed a few seconds later, varies by as much). Their ratio holds.</li>
+here: it changed nothing measurable. On a 2-core machine the same model, re-timed a few seconds
+later, varies by about 10 %: repeat before trusting one figure. Their ratio holds.</li>
 <li><b>Model file size</b> (measured): the size of the file a user would ship, written for real
 (.pt, ONNX, or a packed file for simulated bit widths and zeroed weights).</li>
 <li><b>Process memory</b> (measured): resident memory of the whole app, once a second (with a
