@@ -22,13 +22,19 @@ def test_compare_json_on_sample_photos(capsys, tmp_path):
     assert q["size_bytes"] < 0.4 * o["size_bytes"]
 
 
-def test_compare_table_with_a_broken_image(capsys, tmp_path):
+def test_compare_table_with_a_broken_image(capsys, tmp_path, monkeypatch):
+    import tempfile
+
     write_images(tmp_path, ["n01440764_a.png", "n01443537_b.png"], size=(64, 64))
     (tmp_path / "n01484850_c.jpg").write_bytes(b"garbage")
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
     code = main(["compare", "--images", str(tmp_path), "--bits", "4", "--runs", "2"])
     out = capsys.readouterr().out
     assert code == 0
     assert "simulated" in out and "skipped 1 unreadable" in out and "top-1" in out
+    assert not list(temp.glob("workbench-*"))  # without --out the model files are measured, then removed
 
 
 @pytest.mark.parametrize("args, message", [

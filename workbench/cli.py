@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 
@@ -73,7 +75,8 @@ def _compare_parser(sub) -> None:
     p.add_argument("--recover-steps", type=int, default=None, metavar="N",
                    help="then distil the optimized model N steps from the original on the calibration images "
                         "(the window's Recover accuracy: its copied command gives the steps it kept)")
-    p.add_argument("--out", default=None, help="folder for the model files whose size is reported")
+    p.add_argument("--out", default=None, help="folder for the model files whose size is reported (default: a "
+                                               "temporary folder, removed when the command ends)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -193,8 +196,9 @@ def run_compare(args) -> int:
     except (ConfigError, SourceError, ModelLoadError) as exc:
         return _fail(str(exc))
     report = None
+    out = args.out or tempfile.mkdtemp(prefix="workbench-")  # without --out: measured, then removed
     try:
-        for step in compare_steps(loaded, source, config, settings, limit=args.limit, out_dir=args.out,
+        for step in compare_steps(loaded, source, config, settings, limit=args.limit, out_dir=out,
                                   recover=recover):
             if isinstance(step, str):
                 if sys.stderr.isatty():
@@ -203,6 +207,9 @@ def run_compare(args) -> int:
                 report = step
     except (OptimizeError, ValueError) as exc:
         return _fail(str(exc))
+    finally:
+        if args.out is None:
+            shutil.rmtree(out, ignore_errors=True)
     if sys.stderr.isatty():
         print("\r" + " " * 60 + "\r", end="", file=sys.stderr)
     print(json.dumps(report, indent=1) if args.json else _table(report))
