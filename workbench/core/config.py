@@ -259,7 +259,12 @@ def recovered_steps_in(path: str | Path) -> int | None:
     """The distillation steps of a whole ``compare --json`` report's optimized model (the
     window's *Recover accuracy*), or None; ConfigError if they are not a count."""
     data = read_json(path)
-    steps = (data.get("optimized") or {}).get("recovered_steps") if isinstance(data, dict) else None
+    return checked_steps((data.get("optimized") or {}).get("recovered_steps") if isinstance(data, dict) else None,
+                         path)
+
+
+def checked_steps(steps, path: str | Path) -> int | None:
+    """``recovered_steps`` read from the file ``path``: None or a count; ConfigError otherwise."""
     if steps is not None and not (isinstance(steps, int) and not isinstance(steps, bool) and steps >= 0):
         raise ConfigError(f"recovered_steps in {path} must be a count of steps, got {steps!r}")
     return steps

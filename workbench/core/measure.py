@@ -98,7 +98,7 @@ def measure_latencies_apart(models: Sequence, example: torch.Tensor, runs: int =
     """:func:`measure_latencies` in a fresh child process (:func:`.isolate.isolated`), while this
     process holds the exclusive side of the app lock: what a user's own process would time.
     Timed in the process that ran the app's jobs (a window after an hour of use, reopened
-    sessions, recoveries), the same models read up to 1.38x the CLI's figures on the same machine
+    sessions, recoveries), the same models read up to 1.42x the CLI's figures on the same machine
     (docs/benchmarks.md, sessions 31-32). Models that cannot be pickled (a TorchScript model) are
     timed here."""
     from .isolate import isolated

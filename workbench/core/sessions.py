@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .config import ConfigError, OptimizationConfig, read_config_block, read_json
+from .config import ConfigError, OptimizationConfig, checked_steps, read_config_block, read_json
 from .files import atomic_path
 
 SESSION_VERSION = 1
@@ -39,9 +39,7 @@ def load_session(path: str | Path) -> dict:
     if not isinstance(data.get("current"), dict) or not isinstance(data.get("tried"), list):
         raise ConfigError("a session needs 'current' (a configuration) and 'tried' (a list of reports)")
     current = OptimizationConfig.from_dict(data["current"])
-    steps = data.get("recovered_steps")  # absent in sessions saved before it was kept
-    if steps is not None and not (isinstance(steps, int) and not isinstance(steps, bool) and steps >= 0):
-        raise ConfigError(f"recovered_steps in {path} must be a count of steps, got {steps!r}")
+    steps = checked_steps(data.get("recovered_steps"), path)  # absent in sessions saved before it was kept
     tried = []
     for report in data["tried"]:
         if not isinstance(report, dict) or not isinstance(report.get("config"), dict):
