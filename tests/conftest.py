@@ -1,6 +1,8 @@
+import atexit
 import gc
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -18,6 +20,7 @@ if os.environ.get("QT_QPA_PLATFORM", "offscreen") == "offscreen":
     os.environ["QT_QPA_PLATFORM"] = f"offscreen:configfile={SCREEN}"
 # nothing a test starts (subprocesses included) may read or write the user's own settings or logs
 _home = tempfile.mkdtemp(prefix="workbench-tests-")
+atexit.register(shutil.rmtree, _home, True)
 for _var in ("XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_CACHE_HOME"):
     os.environ[_var] = os.path.join(_home, _var.lower())
 torch.manual_seed(0)

@@ -55,3 +55,27 @@ def test_a_saved_report_with_bad_recovered_steps_is_refused(capsys, tmp_path):
     saved.write_text(json.dumps({"config": {"sparsity": 0.3}, "original": {}, "optimized": {"recovered_steps": "many"}}))
     assert main(["compare", "--config", str(saved)]) == 2
     assert "recovered_steps" in capsys.readouterr().err
+
+
+def test_a_killed_compare_removes_its_temporary_files(tmp_path):
+    """SIGTERM (`kill`, a job scheduler) ends `compare` as Ctrl+C does: its model files go."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    env = dict(os.environ, TMPDIR=str(tmp_path))
+    cmd = [sys.executable, "-m", "workbench", "compare", "--images", "samples", "--runs", "2000"]
+    run = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not list(tmp_path.glob("workbench-*/original.pt")):  # measuring has begun
+            assert run.poll() is None and time.monotonic() < deadline, run.stderr.read()
+            time.sleep(0.2)
+        run.send_signal(signal.SIGTERM)
+        _, err = run.communicate(timeout=120)
+    finally:
+        run.kill()
+    assert run.returncode == 128 + signal.SIGTERM, err[-2000:]
+    assert not list(tmp_path.glob("workbench-*")), list(tmp_path.iterdir())

@@ -38,6 +38,20 @@ def test_pruned_model_runs_in_onnxruntime(tiny, tiny_inputs, tmp_path):
     assert result.model(tiny_inputs[0]).shape == (1, 10)
 
 
+def test_onnx_files_without_a_workdir_go_with_their_model(tiny, tiny_inputs, tmp_path, monkeypatch):
+    import gc
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    result = optimize(tiny, OptimizationConfig(runtime="onnxruntime"), tiny_inputs[:1])
+    folder = result.file.parent
+    assert folder.parent == tmp_path and result.file.is_file()
+    assert result.model(tiny_inputs[0]).shape == (1, 10)
+    del result
+    gc.collect()
+    assert not folder.exists()
+
+
 def test_inference_memory_counts_weights_and_activations(tiny, tiny_inputs, tmp_path):
     torch_mem = inference_memory(tiny, tiny_inputs[0])
     weights = sum(t.numel() * t.element_size() for t in tiny.state_dict().values())
@@ -47,10 +61,16 @@ def test_inference_memory_counts_weights_and_activations(tiny, tiny_inputs, tmp_
     assert big["activations_bytes"] > 4 * torch_mem["activations_bytes"]
 
 
-def test_speed_table_has_every_row_and_key():
+def test_speed_table_has_every_row_and_key(tmp_path, monkeypatch):
+    import gc
+    import tempfile
+
     from workbench.core.bench import speed_rows
 
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     rows = list(speed_rows(["efficientnet_lite0"], threads=[1, 2], runs=2))
+    gc.collect()
+    assert not list(tmp_path.iterdir())  # the model files it timed are gone
     configs = {(r["configuration"], r["runtime"]) for r in rows}
     assert configs == {("float", "torch"), ("int8", "torch"), ("structured 25% fewer MACs", "torch"),
                        ("structured 50% fewer MACs", "torch"), ("structured 75% fewer MACs", "torch"),

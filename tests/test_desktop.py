@@ -6,8 +6,10 @@ import csv
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
+import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -295,6 +297,7 @@ def test_nothing_is_clipped_at_1280x720(qtbot):
 def test_nothing_is_clipped_at_200_percent_scaling(tmp_path):
     code = CLIPPING_CHECK + """
 import sys
+import time
 from PySide6.QtWidgets import QApplication
 app = QApplication([])
 from workbench.ui import build_window
@@ -402,3 +405,26 @@ def test_the_launcher_names_the_icon_the_app_sets(qtbot):
     w = _open(qtbot)
     assert len(w.windowIcon().availableSizes()) == 6
     w.close()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_closes_the_window_as_its_close_button_does(tmp_path, signum):
+    """`kill` or Ctrl+C in the terminal: the window closes, its work folder goes, the exit is clean."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    env = dict(os.environ, TMPDIR=str(tmp), WORKBENCH_SETTINGS_DIR=str(tmp_path / "settings"),
+               WORKBENCH_DATA_HOME=str(tmp_path / "data"))
+    app = subprocess.Popen([sys.executable, str(ROOT / "main.py")], env=env, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not list(tmp.glob("workbench-*/config-*")):  # the first configuration's files are written
+            assert app.poll() is None and time.monotonic() < deadline, app.stdout.read() if app.poll() else "timeout"
+            time.sleep(0.2)
+        app.send_signal(signum)
+        output, _ = app.communicate(timeout=120)
+    finally:
+        app.kill()
+    assert app.returncode == 0, output[-3000:]
+    assert "Traceback" not in output, output[-3000:]
+    assert not list(tmp.glob("workbench-*")), list(tmp.iterdir())

@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import shutil
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -311,18 +312,14 @@ def run_bench(args) -> int:
                                     quant_scheme=args.quant_scheme, act_bits=args.act_bits)
     except ConfigError as exc:
         return _fail(str(exc))
-    video = args.video
-    if video is None:
-        import tempfile
-
-        from .core.live import make_test_video
-
-        video = str(make_test_video(Path(tempfile.mkdtemp()) / "live.avi", seconds=10, fps=30))
-    elif not Path(video).is_file():
-        return _fail(f"no such video: {video}")
+    if args.video is not None and not Path(args.video).is_file():
+        return _fail(f"no such video: {args.video}")
+    from .core.live import make_test_video
     from .ui.live_bench import bench_live
 
-    result = bench_live(video, args.seconds, config)
+    with tempfile.TemporaryDirectory(prefix="workbench-") as tmp:  # the generated clip goes with it
+        video = args.video or str(make_test_video(Path(tmp) / "live.avi", seconds=10, fps=30))
+        result = bench_live(video, args.seconds, config)
     if args.json:
         print(json.dumps(result, indent=1))
     else:
@@ -333,8 +330,6 @@ def run_bench(args) -> int:
 
 def run_soak(args) -> int:
     """bench soak: the live pipeline, then the folder pass; growth is measured after warm-up."""
-    import tempfile
-
     from .core.bench import folder_soak
     from .core.config import OptimizationConfig
     from .core.live import make_test_video
@@ -342,9 +337,10 @@ def run_soak(args) -> int:
 
     if not 1 <= args.seconds <= 86_400 or not 1 <= args.frames <= 10_000_000:
         return _fail(f"--seconds must be 1 to 86400 and --frames 1 to 10000000, got {args.seconds:g}, {args.frames}")
-    video = args.video or str(make_test_video(Path(tempfile.mkdtemp()) / "soak.avi", seconds=10, fps=30))
     config = OptimizationConfig(bits=8)
-    result = {"live": bench_live(video, args.seconds, config)}
+    with tempfile.TemporaryDirectory(prefix="workbench-") as tmp:  # the generated clip goes with it
+        video = args.video or str(make_test_video(Path(tmp) / "soak.avi", seconds=10, fps=30))
+        result = {"live": bench_live(video, args.seconds, config)}
     samples = result["live"]["resources"]
     warm = next((s for s in samples if s["seconds"] >= 30), samples[0])
     result["live"]["growth_after_warmup"] = {k: round(samples[-1][k] - warm[k], 1)
@@ -362,6 +358,10 @@ def run_gui(args) -> int:
     from .app import run
 
     return run(model=args.model, source=args.images)
+
+
+def _exit_on_signal(signum, frame):
+    raise SystemExit(128 + signum)
 
 
 def gui_main() -> int:
@@ -401,15 +401,19 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = list(sys.argv[1:] if argv is None else argv)
     log = setup_logging(getattr(args, "verbose", False))
     logging.getLogger(__name__).info("workbench %s: %s (log: %s)", args.command or "gui", " ".join(args.argv), log)
-    if args.command == "compare":
-        return run_compare(args)
-    if args.command == "bench":
-        return run_bench(args)
-    if args.command in ("sweep", "export"):
-        return explore_cli.run(args)
     if args.command is None:
         args = parser.parse_args(["gui", *(argv or [])])
-    return run_gui(args)
+    if args.command == "gui":
+        return run_gui(args)  # the window closes itself on SIGTERM
+    previous = signal.signal(signal.SIGTERM, _exit_on_signal)  # `kill` ends a command as Ctrl+C does:
+    try:                                                        # its temporary files go
+        if args.command == "compare":
+            return run_compare(args)
+        if args.command == "bench":
+            return run_bench(args)
+        return explore_cli.run(args)  # sweep, export
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":  # pragma: no cover

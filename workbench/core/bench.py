@@ -58,9 +58,13 @@ def _configurations(loaded, calibration) -> Iterator[tuple[str, OptimizedModel |
 def speed_rows(models: Sequence[str] = SPEED_MODELS, threads: Sequence[int] = (1, 2), runs: int = 30,
                calibration_images: int = 8) -> Iterator[dict]:
     """Rows of the speed table (a generator: one row at a time)."""
+    with tempfile.TemporaryDirectory(prefix="workbench-speed-") as out:  # removed when the rows end
+        yield from _speed_rows(Path(out), models, threads, runs, calibration_images)
+
+
+def _speed_rows(out: Path, models, threads, runs: int, calibration_images: int) -> Iterator[dict]:
     from .deploy import OrtModel
 
-    out = Path(tempfile.mkdtemp(prefix="workbench-speed-"))
     frames = list(open_source(None))
     for name in models:
         loaded = load_model(name, weights="default" if name.startswith("efficientnet_lite") else "none")

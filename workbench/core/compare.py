@@ -212,7 +212,8 @@ def compare_on_inputs(loaded: LoadedModel, opt: OptimizedModel, frames,
     """:func:`report_for` on frames already read (e.g. a held-out part of a folder)."""
     batch = Batch([loaded.preprocess(f.rgb) for f in frames], [f.label for f in frames],
                   [f.origin for f in frames])
-    return report_for(loaded, opt, batch, Path(tempfile.mkdtemp(prefix="workbench-")), settings)
+    with tempfile.TemporaryDirectory(prefix="workbench-") as out:  # the model files whose size is reported
+        return report_for(loaded, opt, batch, Path(out), settings)
 
 
 def compare(loaded: LoadedModel, source, config: OptimizationConfig, settings: MeasureSettings | None = None,

@@ -8,7 +8,9 @@ and stops cleanly when the consumer stops iterating (that is how work is cancell
 from __future__ import annotations
 
 import copy
+import shutil
 import tempfile
+import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -202,7 +204,12 @@ def optimize_steps(model: nn.Module, config: OptimizationConfig, calibration: Se
         else:
             yield from _simulated_bits_here(result, (id(model), config.sparsity, config.prune_method), calibration)
     if config.runtime == "onnxruntime":
-        yield from _to_onnxruntime(result, calibration, Path(workdir or tempfile.mkdtemp(prefix="workbench-")))
+        if workdir is None:  # a folder of its own, removed with the model that needs its file
+            workdir = Path(tempfile.mkdtemp(prefix="workbench-"))
+            yield from _to_onnxruntime(result, calibration, workdir)
+            weakref.finalize(result.model, shutil.rmtree, workdir, True)
+        else:
+            yield from _to_onnxruntime(result, calibration, Path(workdir))
     if config.device == "cuda":
         if not torch.cuda.is_available():
             raise OptimizeError("no CUDA GPU is available to this process; use device cpu")
