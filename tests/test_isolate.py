@@ -48,7 +48,8 @@ def test_closing_kills_the_child():
     assert not children[0].is_running() or children[0].status() == psutil.STATUS_ZOMBIE
 
 
-def test_job_folders_of_dead_processes_are_removed(tmp_path, monkeypatch):
+def test_temporary_folders_of_dead_processes_are_removed(tmp_path, monkeypatch):
+    """A killed window, command or child leaves its folder; the next one to make a folder removes it."""
     import subprocess
     import sys
     import tempfile
@@ -56,11 +57,13 @@ def test_job_folders_of_dead_processes_are_removed(tmp_path, monkeypatch):
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    stale = tmp_path / f"workbench-child-{dead.pid}-abc"
-    mine = tmp_path / f"workbench-child-{os.getpid()}-abc"
-    for folder in (stale, mine):
+    stale = [tmp_path / f"workbench-{kind}-{dead.pid}-abc" for kind in ("child", "window", "compare")]
+    mine = tmp_path / f"workbench-window-{os.getpid()}-abc"
+    other = tmp_path / "workbench-tests-12345678"  # not named after a process
+    for folder in (*stale, mine, other):
         folder.mkdir()
         (folder / "job.pt").write_bytes(b"x")
     assert list(isolated(counting_steps, 1))[-1]["n"] == 1
-    assert not stale.exists() and mine.exists()  # this process's own folders are its business
-    assert [p.name for p in tmp_path.iterdir()] == [mine.name]  # and its job folder is gone again
+    assert not any(folder.exists() for folder in stale)
+    assert mine.exists() and other.exists()  # this process's own folders are its business
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([mine.name, other.name])  # its job folder is gone

@@ -5,10 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import shutil
 import signal
 import sys
-import tempfile
 from pathlib import Path
 
 
@@ -197,9 +195,8 @@ def run_compare(args) -> int:
     except (ConfigError, SourceError, ModelLoadError) as exc:
         return _fail(str(exc))
     report = None
-    out = args.out or tempfile.mkdtemp(prefix="workbench-")  # without --out: measured, then removed
     try:
-        for step in compare_steps(loaded, source, config, settings, limit=args.limit, out_dir=out,
+        for step in compare_steps(loaded, source, config, settings, limit=args.limit, out_dir=args.out,
                                   recover=recover):
             if isinstance(step, str):
                 if sys.stderr.isatty():
@@ -208,9 +205,6 @@ def run_compare(args) -> int:
                 report = step
     except (OptimizeError, ValueError) as exc:
         return _fail(str(exc))
-    finally:
-        if args.out is None:
-            shutil.rmtree(out, ignore_errors=True)
     if sys.stderr.isatty():
         print("\r" + " " * 60 + "\r", end="", file=sys.stderr)
     print(json.dumps(report, indent=1) if args.json else _table(report))
@@ -314,11 +308,12 @@ def run_bench(args) -> int:
         return _fail(str(exc))
     if args.video is not None and not Path(args.video).is_file():
         return _fail(f"no such video: {args.video}")
+    from .core.files import temp_folder
     from .core.live import make_test_video
     from .ui.live_bench import bench_live
 
-    with tempfile.TemporaryDirectory(prefix="workbench-") as tmp:  # the generated clip goes with it
-        video = args.video or str(make_test_video(Path(tmp) / "live.avi", seconds=10, fps=30))
+    with temp_folder("video") as tmp:  # the generated clip goes with it
+        video = args.video or str(make_test_video(tmp / "live.avi", seconds=10, fps=30))
         result = bench_live(video, args.seconds, config)
     if args.json:
         print(json.dumps(result, indent=1))
@@ -332,14 +327,15 @@ def run_soak(args) -> int:
     """bench soak: the live pipeline, then the folder pass; growth is measured after warm-up."""
     from .core.bench import folder_soak
     from .core.config import OptimizationConfig
+    from .core.files import temp_folder
     from .core.live import make_test_video
     from .ui.live_bench import bench_live
 
     if not 1 <= args.seconds <= 86_400 or not 1 <= args.frames <= 10_000_000:
         return _fail(f"--seconds must be 1 to 86400 and --frames 1 to 10000000, got {args.seconds:g}, {args.frames}")
     config = OptimizationConfig(bits=8)
-    with tempfile.TemporaryDirectory(prefix="workbench-") as tmp:  # the generated clip goes with it
-        video = args.video or str(make_test_video(Path(tmp) / "soak.avi", seconds=10, fps=30))
+    with temp_folder("video") as tmp:  # the generated clip goes with it
+        video = args.video or str(make_test_video(tmp / "soak.avi", seconds=10, fps=30))
         result = {"live": bench_live(video, args.seconds, config)}
     samples = result["live"]["resources"]
     warm = next((s for s in samples if s["seconds"] >= 30), samples[0])

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
 
 from .config import MeasureSettings, OptimizationConfig
+from .files import temp_folder
 from .measure import count_macs, static_figures, write_model_file
 from .models import load_model
 from .optimize import OptimizedModel, optimize
@@ -58,8 +58,8 @@ def _configurations(loaded, calibration) -> Iterator[tuple[str, OptimizedModel |
 def speed_rows(models: Sequence[str] = SPEED_MODELS, threads: Sequence[int] = (1, 2), runs: int = 30,
                calibration_images: int = 8) -> Iterator[dict]:
     """Rows of the speed table (a generator: one row at a time)."""
-    with tempfile.TemporaryDirectory(prefix="workbench-speed-") as out:  # removed when the rows end
-        yield from _speed_rows(Path(out), models, threads, runs, calibration_images)
+    with temp_folder("speed") as out:  # removed when the rows end
+        yield from _speed_rows(out, models, threads, runs, calibration_images)
 
 
 def _speed_rows(out: Path, models, threads, runs: int, calibration_images: int) -> Iterator[dict]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import tempfile
+import shutil
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from .config import MeasureSettings, OptimizationConfig, config_block
+from .files import temp_dir, temp_folder
 from .measure import (
     Latency,
     Predictions,
@@ -169,13 +170,17 @@ def compare_steps(loaded: LoadedModel, source, config: OptimizationConfig, setti
     batch = yield from relay(load_batch(loaded, source, limit))
     if not batch.inputs:
         raise ValueError(f"no readable image in {source.name}")
-    out = Path(out_dir or tempfile.mkdtemp(prefix="workbench-"))
+    out = Path(out_dir) if out_dir else temp_dir("compare")  # without out_dir: measured, then removed
     out.mkdir(parents=True, exist_ok=True)
-    opt = yield from relay(optimize_batch_steps(loaded, batch, config, settings, out))
-    if recover is not None:
-        opt = yield from recover_steps(loaded, opt, batch.inputs[:settings.calibration_images], steps=recover)
-    yield f"evaluating {len(batch.inputs)} images"
-    yield report_for(loaded, opt, batch, out, settings, source.name)
+    try:
+        opt = yield from relay(optimize_batch_steps(loaded, batch, config, settings, out))
+        if recover is not None:
+            opt = yield from recover_steps(loaded, opt, batch.inputs[:settings.calibration_images], steps=recover)
+        yield f"evaluating {len(batch.inputs)} images"
+        yield report_for(loaded, opt, batch, out, settings, source.name)
+    finally:
+        if not out_dir:
+            shutil.rmtree(out, ignore_errors=True)
 
 
 def optimize_batch_steps(loaded: LoadedModel, batch: Batch, config: OptimizationConfig, settings: MeasureSettings,
@@ -212,8 +217,8 @@ def compare_on_inputs(loaded: LoadedModel, opt: OptimizedModel, frames,
     """:func:`report_for` on frames already read (e.g. a held-out part of a folder)."""
     batch = Batch([loaded.preprocess(f.rgb) for f in frames], [f.label for f in frames],
                   [f.origin for f in frames])
-    with tempfile.TemporaryDirectory(prefix="workbench-") as out:  # the model files whose size is reported
-        return report_for(loaded, opt, batch, Path(out), settings)
+    with temp_folder("compare") as out:  # the model files whose size is reported
+        return report_for(loaded, opt, batch, out, settings)
 
 
 def compare(loaded: LoadedModel, source, config: OptimizationConfig, settings: MeasureSettings | None = None,

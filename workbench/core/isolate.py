@@ -16,33 +16,16 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
 
+from .files import temp_dir
 from .locks import running
 
 log = logging.getLogger(__name__)
 _UNREADABLE_JOB = 3  # the child's exit status when it cannot unpickle the job
-_PREFIX = "workbench-child-"  # + the parent's pid: the job folders in the temporary folder
-
-
-def _remove_stale_folders() -> None:
-    """Job folders (a model and its calibration images: about 100 MB) whose process died before it
-    could remove them, e.g. killed."""
-    import shutil
-
-    import psutil
-
-    for folder in Path(tempfile.gettempdir()).glob(f"{_PREFIX}*"):
-        try:
-            pid = int(folder.name[len(_PREFIX):].split("-")[0])
-        except ValueError:
-            continue
-        if not psutil.pid_exists(pid):
-            shutil.rmtree(folder, ignore_errors=True)
 
 
 def isolated(steps: Callable[..., Iterator], *args, **kwargs) -> Iterator:
@@ -58,8 +41,7 @@ def isolated(steps: Callable[..., Iterator], *args, **kwargs) -> Iterator:
 
     from .process import timing_threads
 
-    _remove_stale_folders()
-    tmp = Path(tempfile.mkdtemp(prefix=f"{_PREFIX}{os.getpid()}-"))
+    tmp = temp_dir("child")
     job, result = tmp / "job.pt", tmp / "result.pt"
     env = dict(os.environ)  # the child imports what this process can (the model's classes)
     paths = [str(Path(workbench.__file__).resolve().parents[1])] + [p for p in sys.path if p]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import shutil
-import tempfile
 import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ import torch
 from torch import nn
 
 from .config import OptimizationConfig
+from .files import temp_dir
 from .measure import write_model_file
 from .methods import PRUNE_METHODS
 from .prune import prunable_layers, prune_per_layer_, prune_unstructured_
@@ -205,7 +205,7 @@ def optimize_steps(model: nn.Module, config: OptimizationConfig, calibration: Se
             yield from _simulated_bits_here(result, (id(model), config.sparsity, config.prune_method), calibration)
     if config.runtime == "onnxruntime":
         if workdir is None:  # a folder of its own, removed with the model that needs its file
-            workdir = Path(tempfile.mkdtemp(prefix="workbench-"))
+            workdir = temp_dir("onnx")
             yield from _to_onnxruntime(result, calibration, workdir)
             weakref.finalize(result.model, shutil.rmtree, workdir, True)
         else:

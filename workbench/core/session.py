@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 import shutil
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -15,6 +14,7 @@ import torch
 
 from .compare import build_report, optimized_figures, original_figures, paired_latency, recover_steps, skipped_of
 from .config import MeasureSettings, OptimizationConfig
+from .files import temp_dir
 from .locks import running
 from .measure import Predictions
 from .models import LoadedModel
@@ -52,7 +52,7 @@ class Workspace:
     source: object
     frames: list[Frame] = field(default_factory=list)
     inputs: list[torch.Tensor] = field(default_factory=list)
-    out_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="workbench-")))
+    out_dir: Path = field(default_factory=lambda: temp_dir("window"))
     original_preds: dict[int, Prediction] = field(default_factory=dict)
     extra_calibration: list[torch.Tensor] = field(default_factory=list)
     next_file: int = 0
