@@ -2,6 +2,7 @@
 
 import pickle
 
+import pytest
 import torch
 
 from workbench.core.config import OptimizationConfig
@@ -29,6 +30,25 @@ def test_onnxruntime_int8_runs_and_stays_close(tiny, tiny_inputs, tmp_path):
         out = torch.cat([result.model(x) for x in tiny_inputs])
     assert (ref.argmax(1) == out.argmax(1)).float().mean() >= 0.75
     assert (ref - out).abs().mean() <= 0.05 * ref.abs().max()
+
+
+@pytest.mark.parametrize("overflows", [False, True])
+def test_onnxruntime_int8_weights_get_7_bits_where_the_cpu_would_overflow(tiny, tiny_inputs, tmp_path, monkeypatch,
+                                                                           overflows):
+    import onnx
+    from onnx import numpy_helper
+
+    from workbench.core import quantize
+
+    monkeypatch.setattr(quantize, "int8_overflows", lambda: overflows)
+    monkeypatch.setattr("workbench.core.optimize.int8_overflows", lambda: overflows)
+    result = optimize(tiny, OptimizationConfig(bits=8, runtime="onnxruntime"), tiny_inputs, workdir=tmp_path)
+    weights = [numpy_helper.to_array(t) for t in onnx.load(str(result.file)).graph.initializer
+               if t.data_type == onnx.TensorProto.INT8 and t.dims]
+    assert weights
+    largest = max(int(abs(w.astype(int)).max()) for w in weights)
+    assert largest <= 64 if overflows else largest == 127
+    assert any("7-bit" in m for m in result.methods) == overflows
 
 
 def test_pruned_model_runs_in_onnxruntime(tiny, tiny_inputs, tmp_path):

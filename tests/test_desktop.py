@@ -350,6 +350,9 @@ def test_about_and_what_am_i_seeing_say_what_runs(qtbot):
                     timeout=LONG)
     page = what_am_i_seeing(w)
     assert "Real kernels" in page and "int8" in page and "Simulated" not in page
+    from workbench.core.quantize import int8_overflows
+
+    assert ("VNNI" in page) == int8_overflows()  # 7-bit weights, said where this CPU needs them
     w.actions_by_name["whatAction"].trigger()
     dialog = w.findChild(QWidget, "WhatamIseeing")
     assert dialog is not None and dialog.isVisible()

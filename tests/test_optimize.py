@@ -79,6 +79,32 @@ def test_int8_runs_on_quantized_kernels_and_stays_close(tiny, tiny_inputs):
     assert (ref - out).abs().mean() <= 0.05 * ref.abs().max()
 
 
+def _int8_weight_ranges(model) -> list[int]:
+    return [int(m.weight().int_repr().abs().max()) for m in model.modules()
+            if callable(getattr(m, "weight", None)) and hasattr(m.weight(), "int_repr")]
+
+
+@pytest.mark.parametrize("overflows", [False, True])
+def test_int8_weights_get_7_bits_where_the_cpu_would_overflow(tiny, tiny_inputs, monkeypatch, overflows):
+    """Without VNNI, fbgemm adds pairs of uint8 x int8 products in 16 bits: weights in [-63, 63]
+    cannot overflow them (2 x 255 x 63 < 32767), and the report says why."""
+    from workbench.core import quantize
+
+    monkeypatch.setattr(quantize, "int8_overflows", lambda: overflows)
+    monkeypatch.setattr("workbench.core.optimize.int8_overflows", lambda: overflows)
+    result = optimize(tiny, OptimizationConfig(bits=8), tiny_inputs)
+    ranges = _int8_weight_ranges(result.model)
+    assert len(ranges) >= 3
+    if overflows:
+        assert max(ranges) == 63 and any("7-bit" in m for m in result.methods)
+    else:
+        assert max(ranges) == 127 and not any("7-bit" in m for m in result.methods)
+    with torch.no_grad():
+        ref = torch.cat([tiny(x) for x in tiny_inputs])
+        out = torch.cat([result.model(x) for x in tiny_inputs])
+    assert (ref.argmax(1) == out.argmax(1)).float().mean() >= 0.75
+
+
 def test_relu6_stays_relu6_in_int8():
     """ReLU6 is fused as ReLU with an output range clipped at 6: check large activations clip."""
     model = nn.Sequential(nn.Conv2d(1, 1, 1, bias=False), nn.BatchNorm2d(1), nn.ReLU6()).eval()

@@ -53,8 +53,11 @@ class OrtModel:
 
 def quantize_onnx_int8(float_path: Path, out_path: Path, calibration: Sequence[torch.Tensor],
                        per_channel: bool = True) -> Path:
-    """Static int8 (QDQ, per-channel weights) with ONNX Runtime's quantization tools."""
+    """Static int8 (QDQ, per-channel weights) with ONNX Runtime's quantization tools; on CPUs
+    without VNNI the weights get 7 bits (its ``reduce_range``; :func:`.quantize.int8_overflows`)."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    from .quantize import int8_overflows
 
     class Reader(CalibrationDataReader):
         def __init__(self):
@@ -65,5 +68,6 @@ def quantize_onnx_int8(float_path: Path, out_path: Path, calibration: Sequence[t
 
     # its advice to pre-process, logged on every call, is filtered by process.setup_process
     quantize_static(str(float_path), str(out_path), Reader(), quant_format=QuantFormat.QDQ,
-                    per_channel=per_channel, weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8)
+                    per_channel=per_channel, weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8,
+                    reduce_range=int8_overflows())
     return Path(out_path)

@@ -25,6 +25,7 @@ from .prune import prunable_layers, prune_per_layer_, prune_unstructured_
 from .quantize import (
     float_layers,
     int8_engine,
+    int8_overflows,
     quantize_int8,
     simulate_act8,
     simulate_activation_quant,
@@ -337,6 +338,14 @@ def _int8(work, config: OptimizationConfig, calibration, result: OptimizedModel)
         result.quant_bits.pop(name, None)
     if result.float_fallback:
         result.notes.append("float fallback (no fast int8 kernel): " + ", ".join(result.float_fallback))
+    _say_if_narrow(result)
+
+
+def _say_if_narrow(result: OptimizedModel) -> None:
+    if int8_overflows():
+        result.methods.append("7-bit weight range (this CPU has no VNNI)")
+        result.notes.append("int8 weights in [-63, 63]: without VNNI the int8 kernels add pairs of products in "
+                            "16 bits, which full-range weights overflow")
 
 
 def _simulated_bits_here(result: OptimizedModel, key, calibration) -> Iterator[str]:
@@ -467,6 +476,7 @@ def _to_onnxruntime(result: OptimizedModel, calibration: Sequence[torch.Tensor],
         yield f"quantizing with ONNX Runtime ({len(calibration)} calibration images)"
         path = quantize_onnx_int8(path, workdir / f"{stem}-int8.onnx", calibration, config.per_channel)
         result.kernels = "onnxruntime-int8"
+        _say_if_narrow(result)
     result.model = OrtModel(path)
     result.file = path
 

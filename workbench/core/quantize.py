@@ -18,6 +18,25 @@ def int8_engine() -> str:
     return "x86" if "x86" in engines else ("fbgemm" if "fbgemm" in engines else "qnnpack")
 
 
+def int8_overflows() -> bool:
+    """True on x86 CPUs without VNNI: there fbgemm (and ONNX Runtime) add each pair of uint8 x int8
+    products in 16 bits, which full-range weights overflow (2 x 255 x 127 > 32767); VNNI adds in 32
+    bits. Weights in 7 bits (|w| <= 63) cannot overflow: 2 x 255 x 63 = 32130. On Lite0 that costs
+    0.8 points against 8-bit weights on a VNNI CPU; torch's own remedy, 7-bit activations, costs 4.1
+    (docs/benchmarks.md, session 33)."""
+    import platform
+
+    if platform.machine().lower() not in ("x86_64", "amd64") or int8_engine() not in ("x86", "fbgemm"):
+        return False
+    try:
+        return not torch.cpu._is_vnni_supported()
+    except AttributeError:  # a torch without the check: as before
+        return False
+
+
+NARROW_WEIGHTS = 63  # the weight range on CPUs where int8 sums overflow: 7 bits, symmetric
+
+
 def _activation_observer(kind: str, relu6: bool = False):
     """The activation observer: "histogram" (L2-optimal range) or "minmax".
 
@@ -119,13 +138,15 @@ def _feeding_conv(modules: dict[str, nn.Module], act_name: str) -> list[str]:
 
 
 def _prepare_int8(model: nn.Module, calibration: list[torch.Tensor], per_channel: bool, exclude: Iterable[str],
-                  observer: str, weight_bits: dict[str, int] | None = None
+                  observer: str, weight_bits: dict[str, int] | None = None, weight_qmax: int | None = None
                   ) -> Generator[str, None, tuple[torch.fx.GraphModule, object]]:
     """Copy, prepare (FX observers) and calibrate ``model`` for 8-bit activations; yields
-    progress and returns (prepared model, backend config). ``weight_bits``: weights observed at
+    progress and returns (prepared model, backend config). ``weight_qmax``: the int8 weights'
+    range is [-weight_qmax, weight_qmax] (:data:`NARROW_WEIGHTS`). ``weight_bits``: weights observed at
     these widths instead of 8 (simulation of already-rounded low-bit weights)."""
     from torch.ao.quantization import QConfig, get_default_qconfig_mapping
     from torch.ao.quantization.observer import (
+        MinMaxObserver,
         PerChannelMinMaxObserver,
         default_per_channel_weight_observer,
         default_weight_observer,
@@ -141,6 +162,10 @@ def _prepare_int8(model: nn.Module, calibration: list[torch.Tensor], per_channel
     relu6_names = _swap_relu6_(work, exclude)
     work.eval()
     weight_obs = default_per_channel_weight_observer if per_channel else default_weight_observer
+    if weight_qmax is not None:
+        weight_obs = (PerChannelMinMaxObserver if per_channel else MinMaxObserver).with_args(
+            dtype=torch.qint8, qscheme=torch.per_channel_symmetric if per_channel else torch.per_tensor_symmetric,
+            quant_min=-weight_qmax, quant_max=weight_qmax)
     qconfig = QConfig(activation=_activation_observer(observer), weight=weight_obs)
     mapping = get_default_qconfig_mapping(engine).set_global(qconfig)
     relu6 = QConfig(activation=_activation_observer(observer, relu6=True), weight=weight_obs)
@@ -184,7 +209,9 @@ def quantize_int8(model: nn.Module, calibration: Iterable[torch.Tensor], per_cha
     from torch.ao.quantization.quantize_fx import convert_fx
 
     exclude = set(exclude) | set(_slow_int8_layers(model))
-    prepared, backend = yield from _prepare_int8(model, list(calibration), per_channel, exclude, observer)
+    narrow = NARROW_WEIGHTS if int8_overflows() else None
+    prepared, backend = yield from _prepare_int8(model, list(calibration), per_channel, exclude, observer,
+                                                 weight_qmax=narrow)
     yield "converting to int8 kernels"
     yield convert_fx(prepared, backend_config=backend)
 

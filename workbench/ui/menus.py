@@ -221,6 +221,10 @@ def what_am_i_seeing(window) -> str:
                          "real low-bit kernels would not be.")
         else:
             what = f"<b>Real kernels:</b> {html.escape(opt.kernels)}."
+            if any(m.startswith("7-bit weight range") for m in opt.methods):
+                what += (" This CPU has no VNNI: its int8 kernels add pairs of products in 16 bits, which "
+                         "full 8-bit weights would overflow, so the weights use 7 bits (about a point of "
+                         "top-1 less than 8-bit weights on a CPU with VNNI).")
         if cfg.sparsity and not cfg.prune_method.startswith("structured"):
             what += (" Unstructured zeros are stored in dense tensors: the packed file shrinks, the "
                      "latency does not (no sparse kernels run).")
