@@ -11,6 +11,8 @@ import pytest
 import torch
 from torch import nn
 
+from workbench.core.files import temp_dir
+
 # offscreen Qt with a 1920x1080 screen (its default, 800x800, clamps a restored 1280x720 window)
 SCREEN = os.path.join(tempfile.gettempdir(), "workbench-tests-screen.json")
 with open(SCREEN, "w") as _f:
@@ -19,7 +21,7 @@ with open(SCREEN, "w") as _f:
 if os.environ.get("QT_QPA_PLATFORM", "offscreen") == "offscreen":
     os.environ["QT_QPA_PLATFORM"] = f"offscreen:configfile={SCREEN}"
 # nothing a test starts (subprocesses included) may read or write the user's own settings or logs
-_home = tempfile.mkdtemp(prefix="workbench-tests-")
+_home = str(temp_dir("tests"))  # removed at exit, or by a later run if this one is killed
 atexit.register(shutil.rmtree, _home, True)
 for _var in ("XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_CACHE_HOME"):
     os.environ[_var] = os.path.join(_home, _var.lower())

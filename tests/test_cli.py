@@ -65,17 +65,21 @@ def test_a_killed_compare_removes_its_temporary_files(tmp_path):
     import sys
     import time
 
-    env = dict(os.environ, TMPDIR=str(tmp_path))
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    env = dict(os.environ, TMPDIR=str(temp))
     cmd = [sys.executable, "-m", "workbench", "compare", "--images", "samples", "--runs", "2000"]
-    run = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    with open(tmp_path / "stderr.txt", "w") as err:  # a file: a full pipe would stop the command
+        run = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=err)
     try:
-        deadline = time.monotonic() + 300
-        while not list(tmp_path.glob("workbench-*/original.pt")):  # measuring has begun
-            assert run.poll() is None and time.monotonic() < deadline, run.stderr.read()
+        deadline = time.monotonic() + 600
+        while not list(temp.glob("workbench-child-*/job.pt")):  # 2 x 2000 timed runs have begun in a child
+            assert run.poll() is None, (tmp_path / "stderr.txt").read_text()[-2000:]
+            assert time.monotonic() < deadline, "no timing after 600 s"
             time.sleep(0.2)
         run.send_signal(signal.SIGTERM)
-        _, err = run.communicate(timeout=120)
+        run.wait(timeout=300)
     finally:
         run.kill()
-    assert run.returncode == 128 + signal.SIGTERM, err[-2000:]
-    assert not list(tmp_path.glob("workbench-*")), list(tmp_path.iterdir())
+    assert run.returncode == 128 + signal.SIGTERM, (tmp_path / "stderr.txt").read_text()[-2000:]
+    assert not list(temp.glob("workbench-*")), list(temp.iterdir())

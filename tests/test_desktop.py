@@ -417,17 +417,20 @@ def test_a_signal_closes_the_window_as_its_close_button_does(tmp_path, signum):
     tmp.mkdir()
     env = dict(os.environ, TMPDIR=str(tmp), WORKBENCH_SETTINGS_DIR=str(tmp_path / "settings"),
                WORKBENCH_DATA_HOME=str(tmp_path / "data"))
-    app = subprocess.Popen([sys.executable, str(ROOT / "main.py")], env=env, stdout=subprocess.PIPE,
-                           stderr=subprocess.STDOUT, text=True)
+    log = tmp_path / "output.txt"
+    with open(log, "w") as out:  # a file: a full pipe would stop the app
+        app = subprocess.Popen([sys.executable, str(ROOT / "main.py")], env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 300
+        deadline = time.monotonic() + 600
         while not list(tmp.glob("workbench-*/config-*")):  # the first configuration's files are written
-            assert app.poll() is None and time.monotonic() < deadline, app.stdout.read() if app.poll() else "timeout"
+            assert app.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, "no configuration after 600 s"
             time.sleep(0.2)
         app.send_signal(signum)
-        output, _ = app.communicate(timeout=120)
+        app.wait(timeout=300)
     finally:
         app.kill()
+    output = log.read_text()
     assert app.returncode == 0, output[-3000:]
     assert "Traceback" not in output, output[-3000:]
     assert not list(tmp.glob("workbench-*")), list(tmp.iterdir())

@@ -356,7 +356,11 @@ def run_gui(args) -> int:
     return run(model=args.model, source=args.images)
 
 
+_SIGNALLED: list[int] = []
+
+
 def _exit_on_signal(signum, frame):
+    _SIGNALLED.append(signum)
     raise SystemExit(128 + signum)
 
 
@@ -408,6 +412,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "bench":
             return run_bench(args)
         return explore_cli.run(args)  # sweep, export
+    except Exception:
+        if _SIGNALLED:  # the exit met a half-written file (torch.save raises as it unwinds): still the signal's
+            return 128 + _SIGNALLED[0]
+        raise
     finally:
         signal.signal(signal.SIGTERM, previous)
 
