@@ -297,7 +297,6 @@ def test_nothing_is_clipped_at_1280x720(qtbot):
 def test_nothing_is_clipped_at_200_percent_scaling(tmp_path):
     code = CLIPPING_CHECK + """
 import sys
-import time
 from PySide6.QtWidgets import QApplication
 app = QApplication([])
 from workbench.ui import build_window
