@@ -482,3 +482,21 @@ def test_recovered_report_and_copied_command_give_the_same_numbers(qtbot, folder
     assert reopened["optimized"]["kl"] == pytest.approx(report["optimized"]["kl"], rel=1e-3, abs=1e-7)
     assert other.optimized_pane.title().endswith(" + distilled")
     other.close()
+
+
+def test_tied_scores_give_one_top1_in_the_pane_and_the_report():
+    """int8 logits are quantized and tie often: the pane's top-1 and the report's agree on ties."""
+    import torch
+    from torch import nn
+
+    from workbench.core.measure import Predictions
+    from workbench.core.session import predict_one
+
+    class Tied(nn.Module):
+        def forward(self, x):
+            return torch.zeros(1, 1000).index_fill(1, torch.arange(0, 1000, 7), 3.0)  # 143 classes tie
+
+    p = predict_one(Tied(), torch.zeros(1, 3, 8, 8))
+    assert p.top1 == 0 == int(Predictions(p.probs[None]).top1[0])
+    assert [i for i, _ in p.top5] == [0, 7, 14, 21, 28]
+    assert Predictions(p.probs[None]).accuracy([0]) == (1.0, 1.0)

@@ -355,6 +355,15 @@ def write_model_file(path: Path, model: nn.Module, *, quant_bits: dict[str, int]
     return path.stat().st_size, fmt
 
 
+def ranked(probs: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``k`` largest values along the last dimension and their indices, equal values in index
+    order, as ``argmax`` breaks them. int8 models tie often (their logits are quantized), and
+    ``topk`` orders ties differently from call to call: the pane's top-1 then disagreed with the
+    report's on the same prediction."""
+    values, idx = probs.sort(dim=-1, descending=True, stable=True)
+    return values[..., :k], idx[..., :k]
+
+
 @dataclass
 class Predictions:
     """Output distributions of one model over a set of frames."""
@@ -371,7 +380,7 @@ class Predictions:
         if not idx:
             return None, None
         y = torch.tensor([labels[i] for i in idx])
-        top5 = self.probs[idx].topk(min(5, self.probs.shape[1]), dim=1).indices
+        top5 = ranked(self.probs[idx], 5)[1]
         return (top5[:, 0] == y).float().mean().item(), (top5 == y[:, None]).any(1).float().mean().item()
 
 

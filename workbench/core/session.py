@@ -16,7 +16,7 @@ from .compare import build_report, optimized_figures, original_figures, paired_l
 from .config import MeasureSettings, OptimizationConfig
 from .files import temp_dir
 from .locks import running
-from .measure import Predictions
+from .measure import Predictions, ranked
 from .models import LoadedModel
 from .optimize import OptimizedModel, optimize_steps, relay
 from .sources import Frame, VideoSource
@@ -40,7 +40,7 @@ def predict_one(model: torch.nn.Module, x: torch.Tensor) -> Prediction:
         logits = model(x)
         ms = (time.perf_counter() - start) * 1000
     probs = torch.softmax(logits.float(), 1)[0]
-    values, idx = probs.topk(5)
+    values, idx = ranked(probs, 5)
     return Prediction([(int(i), float(v)) for i, v in zip(idx, values)], probs, ms)
 
 
