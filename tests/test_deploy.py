@@ -51,6 +51,20 @@ def test_onnxruntime_int8_weights_get_7_bits_where_the_cpu_would_overflow(tiny, 
     assert any("7-bit" in m for m in result.methods) == overflows
 
 
+@pytest.mark.parametrize("overflows", [False, True])
+def test_live_int8_copy_says_when_its_weights_have_7_bits(tiny, tiny_inputs, tmp_path, monkeypatch, overflows):
+    from workbench.core import quantize
+    from workbench.core.live import live_runtime_steps
+
+    monkeypatch.setattr(quantize, "int8_overflows", lambda: overflows)
+    monkeypatch.setattr("workbench.core.optimize.int8_overflows", lambda: overflows)
+    optimized = optimize(tiny, OptimizationConfig(bits=8), tiny_inputs)
+    *_, (model, label) = live_runtime_steps(optimized, tiny_inputs, tmp_path)
+    assert isinstance(model, OrtModel) and label.startswith("ONNX Runtime int8")
+    assert ("7-bit" in label) == overflows
+    assert model(tiny_inputs[0]).shape == (1, 10)
+
+
 def test_pruned_model_runs_in_onnxruntime(tiny, tiny_inputs, tmp_path):
     result = optimize(tiny, OptimizationConfig(sparsity=0.5, prune_method="structured", runtime="onnxruntime"),
                       tiny_inputs[:2], workdir=tmp_path)

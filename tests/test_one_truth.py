@@ -362,6 +362,23 @@ def test_latency_plot_starts_at_zero(qtbot):
         w.deleteLater()
 
 
+def test_latency_plot_counts_configurations_in_whole_numbers(qtbot):
+    """Two or three configurations tried: the axis read 0, 0.5, 1, 1.5, 2."""
+    from workbench.ui.plots import Plots
+
+    plots = Plots()
+    plots.latency.resize(400, 200)
+    for _ in range(3):
+        plots.add_latency(23.3, 23.5)
+    plots.redraw()
+    low, high = plots.latency.getViewBox().viewRange()[0]
+    ticks = [v for _, values in plots.latency.getAxis("bottom").tickValues(low, high, 400) for v in values]
+    assert ticks and all(float(v).is_integer() for v in ticks)
+    assert list(plots.frame_no) == [1, 2, 3]  # the first configuration is number 1
+    for w in plots.widgets():
+        w.deleteLater()
+
+
 def test_trade_off_plot_latency_starts_at_zero(qtbot):
     """Two nearly equal medians (no speedup: 50 % zeros in dense kernels) must not sit at the
     plot's two edges, as auto-range put them, which read as a speedup."""

@@ -301,6 +301,7 @@ def live_runtime_steps(optimized, calibration, workdir: Path):
     calibration images), which runs it several times faster on x86 CPUs. Yields progress,
     then ``(model, runtime label)``; other configurations stay as they are."""
     from .deploy import OrtModel, export_onnx, quantize_onnx_int8
+    from .quantize import int8_overflows
 
     config = optimized.config
     if not config.real_int8 or config.runtime != "torch" or not calibration:
@@ -312,7 +313,8 @@ def live_runtime_steps(optimized, calibration, workdir: Path):
     path = export_onnx(optimized.float_model, calibration[0], workdir / f"{stem}.onnx")
     yield "live: quantizing it with ONNX Runtime"
     path = quantize_onnx_int8(path, workdir / f"{stem}-int8.onnx", calibration, config.per_channel)
-    yield OrtModel(path, threads=1), "ONNX Runtime int8"
+    label = "ONNX Runtime int8, 7-bit weights (no VNNI)" if int8_overflows() else "ONNX Runtime int8"
+    yield OrtModel(path, threads=1), label
 
 
 def make_test_video(path: Path, seconds: float = 3.0, fps: int = 30, size: tuple[int, int] = (640, 480)) -> Path:

@@ -39,8 +39,16 @@ def follow_palette(widgets: list[pg.PlotWidget], palette: QPalette) -> None:
                 label.setText(label.text, color=text)
 
 
-def _plot(name: str, title: str, left: str, bottom: str) -> pg.PlotWidget:
-    w = pg.PlotWidget(title=title)
+class CountAxis(pg.AxisItem):
+    """An axis of counts (configurations tried): whole-number ticks only, never 1.5."""
+
+    def tickSpacing(self, minVal, maxVal, size):
+        levels = [(spacing, offset) for spacing, offset in super().tickSpacing(minVal, maxVal, size) if spacing >= 1]
+        return levels or [(1.0, 0.0)]
+
+
+def _plot(name: str, title: str, left: str, bottom: str, counts: bool = False) -> pg.PlotWidget:
+    w = pg.PlotWidget(title=title, axisItems={"bottom": CountAxis("bottom")} if counts else None)
     w.setObjectName(name)
     w.setAccessibleName(title)
     w.setLabel("left", left)
@@ -70,7 +78,7 @@ class Plots(QObject):
 
     def __init__(self, parent=None, window: int = 200):
         super().__init__(parent)
-        self.latency = _plot("latencyPlot", "Latency, measured alone", "ms", "configuration tried")
+        self.latency = _plot("latencyPlot", "Latency, measured alone", "ms", "configuration tried", counts=True)
         self.memory = _plot("memoryPlot", "Model file size", "MB", "")
         self.rss = _plot("rssPlot", "Process memory", "MB", "s")
         self.accuracy = _plot("accuracyPlot", "Accuracy", "top-1", "images evaluated")
@@ -143,7 +151,7 @@ class Plots(QObject):
 
     # data in (GUI thread) -------------------------------------------------
     def add_latency(self, original_ms: float | None, optimized_ms: float | None) -> None:
-        self.frame_no.append(self.frame_no[-1] + 1 if self.frame_no else 0)
+        self.frame_no.append(self.frame_no[-1] + 1 if self.frame_no else 1)
         self.lat["original"].append(np.nan if original_ms is None else original_ms)
         self.lat["optimized"].append(np.nan if optimized_ms is None else optimized_ms)
         self._dirty = True
