@@ -1,3 +1,5 @@
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -103,6 +105,52 @@ def test_int8_weights_get_7_bits_where_the_cpu_would_overflow(tiny, tiny_inputs,
         ref = torch.cat([tiny(x) for x in tiny_inputs])
         out = torch.cat([result.model(x) for x in tiny_inputs])
     assert (ref.argmax(1) == out.argmax(1)).float().mean() >= 0.75
+
+
+_SATURATION_CHILD = """
+import json, torch
+from torch import nn
+from workbench.core import quantize
+
+torch.manual_seed(0)
+errors, product = {}, quantize.int8_overflows
+for kind in ("conv", "linear"):  # convolutions run on oneDNN, linear layers on fbgemm
+    layer = nn.Conv2d(64, 8, 1) if kind == "conv" else nn.Linear(64, 8)
+    model = nn.Sequential(layer).eval()
+    with torch.no_grad():  # large positive weights and inputs: pairs of products past 32767
+        layer.weight.uniform_(0.75, 1.0)
+        layer.bias.zero_()
+    shape = (1, 64, 4, 4) if kind == "conv" else (1, 64)
+    xs = [torch.rand(shape) * 6 + 3 for _ in range(8)]
+    ref = torch.cat([model(x) for x in xs])
+    for weights in ("product", "full range"):
+        quantize.int8_overflows = product if weights == "product" else (lambda: False)
+        *_, q = quantize.quantize_int8(model, xs)
+        out = torch.cat([q(x) for x in xs])
+        errors[f"{kind}, {weights}"] = float((out - ref).abs().mean() / ref.abs().mean())
+print(json.dumps({"overflows": product(), "errors": errors}))
+"""
+
+
+def test_int8_kernels_held_to_avx2_saturate_unless_weights_have_7_bits():
+    """fbgemm and oneDNN held to AVX2 (as on a CPU without VNNI, e.g. an AMD EPYC of these sessions):
+    full-range int8 weights saturate their int16 sums; the product's weights (7 bits there) do not."""
+    import json
+    import subprocess
+    import sys
+
+    env = dict(os.environ, FBGEMM_ENABLE_INSTRUCTIONS="AVX2", ONEDNN_MAX_CPU_ISA="AVX2")
+    run = subprocess.run([sys.executable, "-c", _SATURATION_CHILD], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    report = json.loads(run.stdout.strip().splitlines()[-1])
+    assert report["overflows"]
+    errors = report["errors"]
+    if max(errors["conv, full range"], errors["linear, full range"]) < 0.05:
+        pytest.skip(f"this CPU's int8 kernels do not saturate even held to AVX2: {errors}")
+    for kind in ("conv", "linear"):
+        assert errors[f"{kind}, product"] < 0.01, errors
+        assert errors[f"{kind}, full range"] > 0.05, errors  # the overflow the 7 bits avoid
 
 
 def test_relu6_stays_relu6_in_int8():

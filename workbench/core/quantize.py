@@ -18,16 +18,27 @@ def int8_engine() -> str:
     return "x86" if "x86" in engines else ("fbgemm" if "fbgemm" in engines else "qnnpack")
 
 
+# what holds the int8 kernels to instructions without VNNI, whose sums saturate (int16 pairs) as on a
+# CPU without it: fbgemm's (linear layers) and oneDNN's (convolutions) own settings
+ISA_WITHOUT_VNNI = {"FBGEMM_ENABLE_INSTRUCTIONS": ("AVX2", "AVX512", "AVX512_256"),
+                    "ONEDNN_MAX_CPU_ISA": ("SSE41", "AVX", "AVX2", "AVX512_CORE")}
+
+
 def int8_overflows() -> bool:
-    """True on x86 CPUs without VNNI: there fbgemm (and ONNX Runtime) add each pair of uint8 x int8
+    """True on x86 CPUs without VNNI: there fbgemm, oneDNN and ONNX Runtime add each pair of uint8 x int8
     products in 16 bits, which full-range weights overflow (2 x 255 x 127 > 32767); VNNI adds in 32
     bits. Weights in 7 bits (|w| <= 63) cannot overflow: 2 x 255 x 63 = 32130. On Lite0 that costs
     0.8 points against 8-bit weights on a VNNI CPU; torch's own remedy, 7-bit activations, costs 4.1
-    (docs/benchmarks.md, session 33)."""
+    (docs/benchmarks.md, session 33). Also True where ``FBGEMM_ENABLE_INSTRUCTIONS`` or
+    ``ONEDNN_MAX_CPU_ISA`` hold the kernels to instructions without VNNI on a CPU that has it
+    (:data:`ISA_WITHOUT_VNNI`): their sums saturate the same way."""
+    import os
     import platform
 
     if platform.machine().lower() not in ("x86_64", "amd64") or int8_engine() not in ("x86", "fbgemm"):
         return False
+    if any(os.environ.get(name, "").strip().upper() in values for name, values in ISA_WITHOUT_VNNI.items()):
+        return True
     try:
         return not torch.cpu._is_vnni_supported()
     except AttributeError:  # a torch without the check: as before
