@@ -101,6 +101,7 @@ def test_int8_weights_get_7_bits_where_the_cpu_would_overflow(tiny, tiny_inputs,
         assert max(ranges) == 63 and any("7-bit" in m for m in result.methods)
     else:
         assert max(ranges) == 127 and not any("7-bit" in m for m in result.methods)
+    assert ("7-bit weights" in result.description) == overflows  # the pane's line says it too
     with torch.no_grad():
         ref = torch.cat([tiny(x) for x in tiny_inputs])
         out = torch.cat([result.model(x) for x in tiny_inputs])

@@ -48,6 +48,7 @@ BITS_SENSITIVITY_IMAGES = 64
 # and 0.3 gave the same KL (docs/benchmarks.md, session 24).
 GPTQ_DAMP = 0.1
 GPTQ_LINEAR_DAMP = 1.0
+NARROW_METHOD = "7-bit weight range"  # int8 on CPUs without VNNI (:func:`.quantize.int8_overflows`)
 
 
 def relay(steps: Iterator) -> Iterator[str]:
@@ -121,7 +122,8 @@ class OptimizedModel:
             parts.append(f"ONNX Runtime float kernels ({self.kernels})")
         if cfg.bits < 32:
             if cfg.real_int8:
-                parts.append(f"int8 kernels ({self.kernels})")
+                narrow = any(m.startswith(NARROW_METHOD) for m in self.methods)
+                parts.append(f"int8 kernels ({self.kernels}{', 7-bit weights: no VNNI' if narrow else ''})")
             elif not cfg.simulated:
                 parts.append(f"{cfg.bits}-bit kernels")
             else:
@@ -343,7 +345,7 @@ def _int8(work, config: OptimizationConfig, calibration, result: OptimizedModel)
 
 def _say_if_narrow(result: OptimizedModel) -> None:
     if int8_overflows():
-        result.methods.append("7-bit weight range (this CPU has no VNNI)")
+        result.methods.append(f"{NARROW_METHOD} (this CPU has no VNNI)")
         result.notes.append("int8 weights in [-63, 63]: without VNNI the int8 kernels add pairs of products in "
                             "16 bits, which full-range weights overflow")
 
