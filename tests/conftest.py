@@ -3,7 +3,6 @@ import gc
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -13,16 +12,16 @@ from torch import nn
 
 from workbench.core.files import temp_dir
 
+# nothing a test starts (subprocesses included) may read or write the user's own settings or logs
+_home = str(temp_dir("tests"))  # removed at exit, or by a later run if this one is killed
+atexit.register(shutil.rmtree, _home, True)
 # offscreen Qt with a 1920x1080 screen (its default, 800x800, clamps a restored 1280x720 window)
-SCREEN = os.path.join(tempfile.gettempdir(), "workbench-tests-screen.json")
+SCREEN = os.path.join(_home, "screen.json")
 with open(SCREEN, "w") as _f:
     json.dump({"screens": [{"name": "offscreen", "x": 0, "y": 0, "width": 1920, "height": 1080,
                             "logicalDpi": 96, "logicalBaseDpi": 96, "dpr": 1}]}, _f)
 if os.environ.get("QT_QPA_PLATFORM", "offscreen") == "offscreen":
     os.environ["QT_QPA_PLATFORM"] = f"offscreen:configfile={SCREEN}"
-# nothing a test starts (subprocesses included) may read or write the user's own settings or logs
-_home = str(temp_dir("tests"))  # removed at exit, or by a later run if this one is killed
-atexit.register(shutil.rmtree, _home, True)
 for _var in ("XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_CACHE_HOME"):
     os.environ[_var] = os.path.join(_home, _var.lower())
 torch.manual_seed(0)
