@@ -397,6 +397,23 @@ def test_the_work_folder_is_bounded_and_removed_on_close(qtbot):
     assert not out.exists()
 
 
+def test_a_workspace_no_window_took_leaves_no_folder():
+    """A load superseded by a newer one, or ended after its window closed, was never shown, so no
+    window removed its work folder: the suite left three such folders in /tmp per run."""
+    import gc
+    from types import SimpleNamespace
+
+    from workbench.core.session import Workspace
+
+    ws = Workspace(loaded=SimpleNamespace(), source=None)
+    (ws.config_dir() / "model.pt").write_bytes(b"weights")
+    out = ws.out_dir
+    assert out.is_dir()
+    del ws
+    gc.collect()
+    assert not out.exists()
+
+
 # long runs (the short variant; `bench soak` runs the long one) ---------------------------------
 def test_short_soak_folder_pass_memory_threads_files_steady(tmp_path):
     folder = _folder(tmp_path / "photos", 20)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import shutil
 import time
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,6 +58,11 @@ class Workspace:
     extra_calibration: list[torch.Tensor] = field(default_factory=list)
     next_file: int = 0
     next_dir: int = 0
+
+    def __post_init__(self) -> None:
+        # the folder goes with the workspace, also where no window removes it: a load that a newer
+        # request superseded, a window closed before its load ended (tests left such folders)
+        weakref.finalize(self, shutil.rmtree, str(self.out_dir), True)
 
     @property
     def is_stream(self) -> bool:
