@@ -24,6 +24,7 @@ if os.environ.get("QT_QPA_PLATFORM", "offscreen") == "offscreen":
     os.environ["QT_QPA_PLATFORM"] = f"offscreen:configfile={SCREEN}"
 for _var in ("XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_CACHE_HOME"):
     os.environ[_var] = os.path.join(_home, _var.lower())
+os.environ["RAY_TMPDIR"] = os.path.join(_home, "ray")  # a local Ray's session folders (its default: /tmp/ray)
 torch.manual_seed(0)
 
 
