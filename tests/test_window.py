@@ -60,6 +60,12 @@ def test_sliders_update_the_optimized_pane_and_plots(qtbot, window):
                     timeout=LONG)
     heights = window.plots.bars.opts["height"]
     assert heights[0] > 0 and 0 < heights[1] < heights[0]
+    qtbot.waitUntil(lambda: window.report() is not None, timeout=LONG)
+    report = window.report()
+    for side in ("original", "optimized"):  # each pane: its model's median and file, as the report has them
+        what = window.findChild(QLabel, f"{side}WhatRan").text()
+        assert f"median {report[side]['latency_ms']['median']:.1f} ms" in what, (side, what)
+        assert f"{report[side]['size_bytes'] / 1e6:.2f} MB" in what, (side, what)
 
 
 def test_only_the_newest_configuration_is_shown(qtbot, window):

@@ -23,7 +23,8 @@ class ModelPane(QGroupBox):
         self.setObjectName(f"{key}Pane")
         self.setAccessibleName(f"{title} model")
         layout = QVBoxLayout(self)
-        self.image = QLabel(alignment=Qt.AlignmentFlag.AlignCenter)
+        # at the top: the two panes' images stay side by side whatever the text below them
+        self.image = QLabel(alignment=Qt.AlignmentFlag.AlignHCenter | Qt.AlignmentFlag.AlignTop)
         self.image.setMinimumSize(160, 120)
         self.image.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
         self.top1 = QLabel("…")

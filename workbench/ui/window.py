@@ -384,6 +384,10 @@ class MainWindow(QMainWindow):
         original, measured = c.original_figures, c.measured_result
         self.plots.set_sizes(original["size_bytes"] if original else None,
                              measured.size_bytes if measured else None)
+        if original:  # the same figures as the optimized pane's, for the model as loaded
+            latency = measured.original_latency if measured else original["latency_ms"]
+            self.original_pane.what.setText(f"the model as loaded\nkernels: fp32  ·  median {latency['median']:.1f} ms "
+                                            f"(isolated)  ·  {original['size_bytes'] / 1e6:.2f} MB")
         if new_latency and original and measured:  # both timed back to back, in one job
             self.plots.add_latency(measured.original_latency["median"], measured.latency_ms)
             self.plots.add_point(TradeoffPoint(OptimizationConfig(), measured.original_latency["median"],
