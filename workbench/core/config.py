@@ -195,7 +195,7 @@ class MeasureSettings:
     """
 
     calibration_images: int = CALIBRATION_IMAGES
-    latency_runs: int = 30
+    latency_runs: int = 60
     warmup: int = 5
     threads: int | None = None
 

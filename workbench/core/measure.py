@@ -48,7 +48,10 @@ def measure_latency(model: nn.Module, example: torch.Tensor, runs: int = 30, war
     return measure_latencies([model], example, runs, warmup)[0]
 
 
-BLOCK = 5  # timed runs of one model in a row
+# timed runs of one model in a row. A model against its own copy on a 2-core AMD EPYC, two runs of 30
+# trials: 30 runs in turns of five read 15 of 60 ratios more than 5 % from 1 (0.68 to 1.10); 60 runs
+# in turns of two, 4 of 60 (0.94 to 1.05). benchmarks/timing_noise.py; docs/benchmarks.md, session 35
+BLOCK = 2
 
 
 def measure_latencies(models: Sequence, example: torch.Tensor, runs: int = 30, warmup: int = 5,

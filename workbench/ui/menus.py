@@ -232,6 +232,7 @@ def what_am_i_seeing(window) -> str:
             what += " Structured pruning removes whole channels: the model is really smaller and faster."
         now = f"<p><b>Now:</b> {html.escape(cfg.label())}. {what}</p>"
     from ..core.compare import MIN_HELD_OUT
+    from ..core.measure import BLOCK
     from ..core.process import timing_threads
 
     threads = s.threads or timing_threads() or "all"
@@ -239,7 +240,7 @@ def what_am_i_seeing(window) -> str:
 <ul>
 <li><b>Latency, measured alone</b> (measured): the median of {s.latency_runs} runs of one image after
 {s.warmup} warm-up runs, {threads} threads, with the app's other work held back while it is timed.
-The original and the optimized model are timed in turns of five runs, in a fresh child process
+The original and the optimized model are timed in turns of {BLOCK} runs, in a fresh child process
 (as <code>compare</code> times them: what the app ran before cannot slow them). The
 'this frame' figure in each pane is one run while the app works, so it is noisier. Pruning databases,
 structured pruning, recovery, bit widths below 8 and layer sensitivities run in a child process, so
