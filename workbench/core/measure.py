@@ -40,7 +40,8 @@ class Latency:
                 "threads": self.threads, "device": self.device}
 
 
-def measure_latency(model: nn.Module, example: torch.Tensor, runs: int = 30, warmup: int = 5) -> Latency:
+def measure_latency(model: nn.Module, example: torch.Tensor, runs: int = MeasureSettings.latency_runs,
+                    warmup: int = MeasureSettings.warmup) -> Latency:
     """Batch-1 latency in ms: ``warmup`` untimed runs, then the median and p90 of ``runs``.
 
     Isolated: no other job of the app runs meanwhile (every job step and every inference
@@ -54,8 +55,8 @@ def measure_latency(model: nn.Module, example: torch.Tensor, runs: int = 30, war
 BLOCK = 2
 
 
-def measure_latencies(models: Sequence, example: torch.Tensor, runs: int = 30, warmup: int = 5,
-                      block: int = BLOCK) -> list[Latency]:
+def measure_latencies(models: Sequence, example: torch.Tensor, runs: int = MeasureSettings.latency_runs,
+                      warmup: int = MeasureSettings.warmup, block: int = BLOCK) -> list[Latency]:
     """:func:`measure_latency` of several models timed in turns of ``block`` runs (A B, B A, A B,
     ...): on a shared machine two long blocks of runs taken one after the other differ by up to
     a third, so models compared with each other take turns and see the same load. Each turn
@@ -97,7 +98,8 @@ def _timing_steps(models: Sequence, example: torch.Tensor, runs: int, warmup: in
     yield measure_latencies(models, example, runs, warmup)
 
 
-def measure_latencies_apart(models: Sequence, example: torch.Tensor, runs: int = 30, warmup: int = 5) -> list[Latency]:
+def measure_latencies_apart(models: Sequence, example: torch.Tensor, runs: int = MeasureSettings.latency_runs,
+                            warmup: int = MeasureSettings.warmup) -> list[Latency]:
     """:func:`measure_latencies` in a fresh child process (:func:`.isolate.isolated`), while this
     process holds the exclusive side of the app lock: what a user's own process would time.
     Timed in the process that ran the app's jobs (a window after an hour of use, reopened

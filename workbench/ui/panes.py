@@ -60,6 +60,13 @@ class ModelPane(QGroupBox):
         self._pixmap: QPixmap | None = None
         self._caption: str | None = None
 
+    def show_what_ran(self, description: str, kernels: str, median_ms: float | None = None,
+                      size_bytes: int | None = None) -> None:
+        """What ran, its kernels and, once timed, its median and file (None: still measuring)."""
+        figures = ("measuring…" if median_ms is None else
+                   f"median {median_ms:.1f} ms (isolated)  ·  {size_bytes / 1e6:.2f} MB")
+        self.what.setText(f"{description}\nkernels: {kernels}  ·  {figures}")
+
     def set_image(self, image: np.ndarray | QPixmap, caption: str | None = None, fast: bool = False) -> None:
         """Show a frame; ``caption`` (live mode: the top-1 class) is drawn over it.
         ``fast`` scales without smoothing (live video at the camera's rate)."""

@@ -361,13 +361,12 @@ class MainWindow(QMainWindow):
     def _on_model_ready(self, opt) -> None:
         distilled = " + distilled" if opt.recovered_steps is not None else ""  # the steps: in the copied command
         self.optimized_pane.setTitle(f"Optimized: {opt.config.label()}{distilled}")
-        self.optimized_pane.what.setText(f"{opt.description}\nkernels: {opt.kernels}  ·  measuring…")
+        self.optimized_pane.show_what_ran(opt.description, opt.kernels)
 
     def _on_measured(self, measured) -> None:
         opt = measured.optimized
         self._on_model_ready(opt)
-        self.optimized_pane.what.setText(f"{opt.description}\nkernels: {opt.kernels}  ·  median "
-                                         f"{measured.latency_ms:.1f} ms (isolated)  ·  {measured.size_bytes / 1e6:.2f} MB")
+        self.optimized_pane.show_what_ran(opt.description, opt.kernels, measured.latency_ms, measured.size_bytes)
         self.plots.add_point(TradeoffPoint(opt.config, measured.latency_ms, measured.size_bytes))
         self.plots.set_current(opt.config)
         self._update_figures(new_latency=True)
@@ -386,8 +385,7 @@ class MainWindow(QMainWindow):
                              measured.size_bytes if measured else None)
         if original:  # the same figures as the optimized pane's, for the model as loaded
             latency = measured.original_latency if measured else original["latency_ms"]
-            self.original_pane.what.setText(f"the model as loaded\nkernels: fp32  ·  median {latency['median']:.1f} ms "
-                                            f"(isolated)  ·  {original['size_bytes'] / 1e6:.2f} MB")
+            self.original_pane.show_what_ran("the model as loaded", "fp32", latency["median"], original["size_bytes"])
         if new_latency and original and measured:  # both timed back to back, in one job
             self.plots.add_latency(measured.original_latency["median"], measured.latency_ms)
             self.plots.add_point(TradeoffPoint(OptimizationConfig(), measured.original_latency["median"],
