@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
-from PySide6.QtCore import Qt
+from PySide6.QtCore import QEvent, Qt
 from PySide6.QtGui import QColor, QImage, QPainter, QPalette, QPixmap
 from PySide6.QtWidgets import QGridLayout, QGroupBox, QLabel, QProgressBar, QSizePolicy, QVBoxLayout
 
@@ -27,6 +27,7 @@ class ModelPane(QGroupBox):
         self.image = QLabel(alignment=Qt.AlignmentFlag.AlignHCenter | Qt.AlignmentFlag.AlignTop)
         self.image.setMinimumSize(160, 120)
         self.image.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
+        self.image.installEventFilter(self)  # rescaled when the text below it grows or shrinks, too
         self.top1 = QLabel("…")
         self.top1.setObjectName(f"{key}Top1")
         self.top1.setAccessibleName(f"{title} top-1 class")
@@ -74,9 +75,10 @@ class ModelPane(QGroupBox):
         self._caption = caption
         self._rescale(fast)
 
-    def resizeEvent(self, event):  # noqa: N802 - Qt override
-        super().resizeEvent(event)
-        self._rescale()
+    def eventFilter(self, watched, event):  # noqa: N802 - Qt override
+        if watched is self.image and event.type() == QEvent.Type.Resize:
+            self._rescale()
+        return super().eventFilter(watched, event)
 
     def _rescale(self, fast: bool = False) -> None:
         if self._pixmap is None:
