@@ -39,6 +39,23 @@ def test_what_cannot_be_pickled_runs_here_and_says_so(caplog):
     assert "counting_steps runs in this process" in caplog.text
 
 
+def _only_in(pid):
+    if os.getpid() != pid:
+        raise AttributeError("cannot be rebuilt in another process")
+
+
+class RebuiltOnlyHere:
+    """Pickles here, fails to unpickle in any other process (as the window's int8 model did)."""
+
+    def __reduce__(self):
+        return _only_in, (os.getpid(),)
+
+
+def test_what_the_child_cannot_load_runs_here_and_the_log_says_why(caplog):
+    assert list(isolated(counting_steps, 1, extra=RebuiltOnlyHere()))[-1]["pid"] == os.getpid()
+    assert "the child could not load it: AttributeError: cannot be rebuilt in another process" in caplog.text
+
+
 def test_closing_kills_the_child():
     steps = isolated(counting_steps, 10**6)
     assert next(steps) == "step 1/1000000"

@@ -81,11 +81,12 @@ def isolated(steps: Callable[..., Iterator], *args, **kwargs) -> Iterator:
             if not line:
                 break
             yield line.rstrip("\n")
-        if proc.wait() == _UNREADABLE_JOB:
-            yield from _here(steps, args, kwargs, "the child could not load it")
+        proc.wait()
+        tail = (tmp / "stderr.txt").read_text(errors="replace").strip().splitlines()[-1:]
+        if proc.returncode == _UNREADABLE_JOB:
+            yield from _here(steps, args, kwargs, "the child could not load it: " + (tail[0] if tail else "?"))
             return
         if proc.returncode != 0:
-            tail = (tmp / "stderr.txt").read_text(errors="replace").strip().splitlines()[-1:]
             raise RuntimeError(f"{getattr(steps, '__name__', 'a preparation')} failed in its child process: "
                                + (tail[0] if tail else f"exit status {proc.returncode}"))
         with running():
@@ -121,7 +122,8 @@ def _child() -> None:
         return
     try:
         job = torch.load(path, weights_only=False)  # written by the parent, in its private folder
-    except Exception:
+    except Exception as exc:
+        print(f"{type(exc).__name__}: {exc}".splitlines()[0], file=sys.stderr)  # the parent's log says why
         sys.exit(_UNREADABLE_JOB)
     setup_process(job["threads"])
     value = None
