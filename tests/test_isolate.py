@@ -4,6 +4,7 @@ import os
 
 import psutil
 import pytest
+import torch
 
 from workbench.core.isolate import isolated
 
@@ -54,6 +55,26 @@ class RebuiltOnlyHere:
 def test_what_the_child_cannot_load_runs_here_and_the_log_says_why(caplog):
     assert list(isolated(counting_steps, 1, extra=RebuiltOnlyHere()))[-1]["pid"] == os.getpid()
     assert "the child could not load it: AttributeError: cannot be rebuilt in another process" in caplog.text
+
+
+def running_model(model, x):
+    yield "loaded"
+    with torch.inference_mode():
+        yield {"pid": os.getpid(), "out": model(x)}
+
+
+def test_an_int8_model_goes_to_the_child(tiny, tiny_inputs, caplog):
+    """torch's quantized layers pickle only their own fields: plain pickle rebuilt them without a
+    module's inner dictionaries, so the int8 pair was timed in the window's own process."""
+    from workbench.core.quantize import quantize_int8
+
+    *_, q = quantize_int8(tiny, tiny_inputs)
+    assert {"ConvReLU2d", "Conv2d", "Linear"} <= {type(m).__name__ for m in q.modules()
+                                                 if "quantized" in type(m).__module__}
+    value = list(isolated(running_model, q, tiny_inputs[0]))[-1]
+    assert value["pid"] != os.getpid() and "runs in this process" not in caplog.text
+    with torch.inference_mode():
+        assert torch.equal(value["out"], q(tiny_inputs[0]))
 
 
 def test_closing_kills_the_child():

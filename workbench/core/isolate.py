@@ -13,19 +13,48 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import signal
 import subprocess
 import sys
+import types
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from .files import temp_dir
 from .locks import running
 
 log = logging.getLogger(__name__)
 _UNREADABLE_JOB = 3  # the child's exit status when it cannot unpickle the job
+
+
+def _rebuilt_module(cls: type, state: tuple) -> nn.Module:
+    module = cls.__new__(cls)
+    nn.Module.__init__(module)
+    module.__setstate__(state)
+    return module
+
+
+class _Pickler(pickle.Pickler):
+    """A pickler that also stores torch's quantized layers (``ConvReLU2d``, ``Conv2d``...): their
+    ``__getstate__`` returns only their own fields, so plain pickle rebuilds them without a
+    module's inner dictionaries, and with torch 2.14 the int8 model cannot be loaded back
+    ("'ConvReLU2d' object has no attribute '_modules'"). They are rebuilt as their own
+    ``__deepcopy__`` rebuilds them."""
+
+    def reducer_override(self, obj):
+        if isinstance(obj, nn.Module) and type(obj).__getstate__ is not nn.Module.__getstate__:
+            state = obj.__getstate__()
+            if isinstance(state, tuple):
+                return _rebuilt_module, (type(obj), state)
+        return NotImplemented
+
+
+_PICKLE = types.ModuleType("workbench_pickle")  # ``torch.save``'s ``pickle_module``
+_PICKLE.Pickler = _Pickler
 
 
 def isolated(steps: Callable[..., Iterator], *args, **kwargs) -> Iterator:
@@ -56,7 +85,7 @@ def isolated(steps: Callable[..., Iterator], *args, **kwargs) -> Iterator:
                                         text=True, bufsize=1)
             try:
                 torch.save({"steps": steps, "args": args, "kwargs": kwargs, "result": str(result),
-                            "threads": timing_threads() or torch.get_num_threads()}, job)
+                            "threads": timing_threads() or torch.get_num_threads()}, job, pickle_module=_PICKLE)
             except Exception as e:  # pickle cannot store it
                 unpicklable = e
                 proc.kill()
@@ -132,4 +161,4 @@ def _child() -> None:
             print(step, flush=True)
         else:
             value = step
-    torch.save(value, job["result"])
+    torch.save(value, job["result"], pickle_module=_PICKLE)
