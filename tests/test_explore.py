@@ -71,7 +71,9 @@ def test_sweep_2x2_writes_csv_json_and_plot(images, tmp_path, capsys):
         q = r["report"]["optimized"]
         assert r["latency_ms"] == q["latency_ms"]["median"] and r["size_bytes"] == q["size_bytes"]
         assert r["report"]["images"] == 4 and r["report"]["config"]["measure"]["latency_runs"] == 3
-    assert result["front_latency"] == pareto_front(rows, "latency_ms", "top1")
+    assert result["front_latency"] == pareto_front(rows, "latency_ratio", "top1")
+    for r in rows:  # the latency front: each row against the original timed beside it
+        assert r["latency_ratio"] == round(r["latency_ms"] / r["report"]["original"]["latency_ms"]["median"], 4)
     assert result["front_size"] == pareto_front(rows, "size_bytes", "top1")
     assert result["front_latency"] and result["machine"]["cores"]
     assert rows[1]["size_bytes"] < 0.4 * rows[0]["size_bytes"]

@@ -20,11 +20,11 @@ GLOBAL = "unstructured-global"  # fast: no pruning database to prepare
 def test_the_trade_off_plot_draws_the_pareto_front(qtbot):
     plots = Plots()
     for ms, score in ((10, 0.80), (20, 0.90), (15, 0.70), (30, 0.85), (5, None)):
-        plots.add_point(TradeoffPoint(OptimizationConfig(sparsity=ms / 100), ms, 1000, score))
-    assert plots.front() == ([10, 20, 20], [0.80, 0.80, 0.90])  # 15 ms and 30 ms are dominated, 5 ms unscored
+        plots.add_point(TradeoffPoint(OptimizationConfig(sparsity=ms / 100), ms, 1000, score, original_ms=40))
+    assert plots.front() == ([0.25, 0.5, 0.5], [0.80, 0.80, 0.90])  # 15 ms and 30 ms are dominated, 5 ms unscored
     plots.redraw()
     xs, ys = plots.front_curve.getData()
-    assert list(xs) == [10, 20, 20]
+    assert list(xs) == [0.25, 0.5, 0.5]
 
 
 def test_a_session_file_is_checked_when_it_is_read(tmp_path):

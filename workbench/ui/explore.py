@@ -93,7 +93,8 @@ class Explorer(QObject):
     def _add_point(self, config: OptimizationConfig, report: dict) -> None:
         q = report["optimized"]
         score = q["top1"] if q.get("top1") is not None else q["agreement"]
-        self.w.plots.add_point(TradeoffPoint(config, q["latency_ms"]["median"], q["size_bytes"], score))
+        self.w.plots.add_point(TradeoffPoint(config, q["latency_ms"]["median"], q["size_bytes"], score,
+                                             report["original"]["latency_ms"]["median"]))
 
     def _on_rows(self, result: dict, out: str) -> None:
         from ..core.sweep import write_sweep

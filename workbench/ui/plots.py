@@ -68,6 +68,11 @@ class TradeoffPoint:
     latency_ms: float
     size_bytes: int
     score: float | None = None  # top-1 (labelled) or agreement
+    original_ms: float | None = None  # the original's median, timed in turns with this one (None: this is the original)
+
+    def relative(self, original_ms: float) -> float:
+        """Latency over the original's: the one timed beside it, else ``original_ms``."""
+        return self.latency_ms / (self.original_ms or original_ms)
 
 
 class Plots(QObject):
@@ -82,10 +87,12 @@ class Plots(QObject):
         self.memory = _plot("memoryPlot", "Model file size", "MB", "")
         self.rss = _plot("rssPlot", "Process memory", "MB", "s")
         self.accuracy = _plot("accuracyPlot", "Accuracy", "top-1", "images evaluated")
-        self.tradeoff = _plot("tradeoffPlot", "Trade-off (click a point)", "top-1", "latency (ms)")
-        self.tradeoff.setToolTip("Each configuration tried at its latency and accuracy; the point's size is its "
-                                 "file size. Dashed line: the most accurate for its latency (Pareto front); green "
-                                 "ring: the most accurate for its file size. Click a point to show it; shift+click to show it in the left pane")
+        self.tradeoff = _plot("tradeoffPlot", "Trade-off (click a point)", "top-1", "latency, × the original's")
+        self.tradeoff.setToolTip("Each configuration tried at its accuracy and its latency over the original's, the "
+                                 "two timed in turns (a machine whose speed changes between timings moves both); the "
+                                 "point's size is its file size. Dashed line: the most accurate for its latency "
+                                 "(Pareto front); green ring: the most accurate for its file size. Click a point to "
+                                 "show it; shift+click to show it in the left pane")
         # latency from zero leaves the left empty; top right is where the original (slowest, most accurate) sits
         item = self.tradeoff.getPlotItem()
         item.legend.setOffset((5, 5))
@@ -124,7 +131,7 @@ class Plots(QObject):
         self.acc_history: dict[str, list[tuple[int, float, float, float]]] = {"original": [], "optimized": []}
         self.points: list[TradeoffPoint] = []
         self.current: OptimizationConfig | None = None
-        self.scatter = pg.ScatterPlotItem(hoverable=True)
+        self.scatter = pg.ScatterPlotItem(hoverable=True, tip=self._tip)
         self.scatter.sigClicked.connect(self._on_points_clicked)
         self.tradeoff.addItem(self.scatter)
         self.front_curve = self.tradeoff.plot(pen=pg.mkPen(OPTIMIZED, width=1.5, style=Qt.PenStyle.DashLine),
@@ -230,6 +237,7 @@ class Plots(QObject):
         from ..core.pareto import pareto_front
 
         spots = []
+        reference = self._original_ms()
         biggest = max([p.size_bytes for p in self.points] + [1])
         scored = [p for p in self.points if p.score is not None]
         smallest_for_accuracy = {id(scored[i]) for i in pareto_front(
@@ -241,7 +249,7 @@ class Plots(QObject):
             current = p.config == self.current
             colour = ORIGINAL if original else OPTIMIZED
             spots.append({
-                "pos": (p.latency_ms, p.score),
+                "pos": (p.relative(reference), p.score),
                 "size": 8 + 22 * (p.size_bytes / biggest),
                 "brush": pg.mkBrush(*colour, 220 if current else 110),
                 "pen": pg.mkPen((39, 174, 96), width=3) if id(p) in smallest_for_accuracy and not current
@@ -254,8 +262,8 @@ class Plots(QObject):
         if not self.tradeoff_zoomed:  # keep every point in view
             vb = self.tradeoff.getPlotItem().vb
             vb.enableAutoRange(y=True)
-            slowest = max((p.latency_ms for p in self.points if p.score is not None), default=None)
-            if slowest:  # latency from zero: 16.9 against 17.0 ms must not look like a speedup
+            slowest = max((p.relative(reference) for p in self.points if p.score is not None), default=None)
+            if slowest:  # latency from zero: 0.99x must not look like a speedup
                 self.tradeoff.setXRange(0, slowest * 1.2, padding=0)  # room for the slowest marker
             vb.updateAutoRange()
 
@@ -263,13 +271,27 @@ class Plots(QObject):
         """The Pareto front of the scored points (best accuracy for a given latency) as a step line."""
         from ..core.pareto import pareto_front
 
-        scored = [{"latency_ms": p.latency_ms, "score": p.score} for p in self.points if p.score is not None]
+        reference = self._original_ms()
+        scored = [{"latency_ms": p.relative(reference), "score": p.score} for p in self.points if p.score is not None]
         on = sorted((scored[i]["latency_ms"], scored[i]["score"]) for i in pareto_front(scored, "latency_ms", "score"))
         xs, ys = [], []
         for k, (x, y) in enumerate(on):  # flat until the next (slower, more accurate) point
             xs += [x, on[k + 1][0]] if k + 1 < len(on) else [x]
             ys += [y, y] if k + 1 < len(on) else [y]
         return xs, ys
+
+    def _original_ms(self) -> float:
+        """The original's latest median: the reference of points not timed beside the original."""
+        return next((p.latency_ms for p in self.points if p.config.is_identity), 1.0)
+
+    def _tip(self, x, y, data) -> str:
+        p = self.points[data] if 0 <= data < len(self.points) else None
+        if p is None:
+            return ""
+        name = "original" if p.config.is_identity else p.config.label()
+        beside = f" beside the original's {p.original_ms:.1f} ms" if p.original_ms else ""
+        score = "" if p.score is None else f", {self.tradeoff.getAxis('left').labelText} {p.score:.3f}"
+        return f"{name}: {p.latency_ms:.1f} ms{beside} ({x:.2f}×){score}, {p.size_bytes / 1e6:.2f} MB"
 
     def _on_points_clicked(self, _item, points, event=None):
         if len(points):

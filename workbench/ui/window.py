@@ -367,7 +367,8 @@ class MainWindow(QMainWindow):
         opt = measured.optimized
         self._on_model_ready(opt)
         self.optimized_pane.show_what_ran(opt.description, opt.kernels, measured.latency_ms, measured.size_bytes)
-        self.plots.add_point(TradeoffPoint(opt.config, measured.latency_ms, measured.size_bytes))
+        self.plots.add_point(TradeoffPoint(opt.config, measured.latency_ms, measured.size_bytes,
+                                           original_ms=measured.original_latency["median"]))
         self.plots.set_current(opt.config)
         self._update_figures(new_latency=True)
         if opt.sensitivity:
