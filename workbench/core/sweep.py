@@ -435,13 +435,20 @@ def plot_front(rows: Sequence[dict], x: str = "latency_ms", y: str | None = None
     if on_front:
         step.append(px(x_hi, on_front[-1][2]))
         draw.line(step, fill=(230, 120, 20), width=2)
+    placed: list[tuple[float, float, float, float]] = []  # label boxes drawn so far
     for i, vx, vy in points:
         cx, cy = px(vx, vy)
         fill = (30, 90, 200) if i in front else "white"
         draw.ellipse([cx - 5, cy - 5, cx + 5, cy + 5], fill=fill, outline=(30, 90, 200), width=2)
         right_side = cx > left + 0.6 * (w - left - right)  # labels of the right-hand points go to their left
-        draw.text((cx - 8 if right_side else cx + 8, cy - 8), str(rows[i].get("label", i)), fill=(60, 60, 60),
-                  font=small, anchor="rs" if right_side else "ls")
+        text, anchor = str(rows[i].get("label", i)), "rs" if right_side else "ls"
+        spots = [(cx - 8 if right_side else cx + 8, cy + dy) for dy in (-8, 20, -22, 34, -36)]
+        boxes = [draw.textbbox(spot, text, font=small, anchor=anchor) for spot in spots]
+        free = [k for k, b in enumerate(boxes)  # the first place that overlaps no other label
+                if not any(b[0] < o[2] and o[0] < b[2] and b[1] < o[3] and o[1] < b[3] for o in placed)]
+        k = free[0] if free else 0
+        placed.append(boxes[k])
+        draw.text(spots[k], text, fill=(60, 60, 60), font=small, anchor=anchor)
     return img
 
 
