@@ -66,6 +66,8 @@ def test_sliders_update_the_optimized_pane_and_plots(qtbot, window):
         what = window.findChild(QLabel, f"{side}WhatRan").text()
         assert f"median {report[side]['latency_ms']['median']:.1f} ms" in what, (side, what)
         assert f"{report[side]['size_bytes'] / 1e6:.2f} MB" in what, (side, what)
+    ratio = report["optimized"]["latency_ms"]["median"] / report["original"]["latency_ms"]["median"]
+    assert f"{ratio:.2f}× the original's" in window.findChild(QLabel, "optimizedWhatRan").text()
 
 
 def test_only_the_newest_configuration_is_shown(qtbot, window):

@@ -366,7 +366,8 @@ class MainWindow(QMainWindow):
     def _on_measured(self, measured) -> None:
         opt = measured.optimized
         self._on_model_ready(opt)
-        self.optimized_pane.show_what_ran(opt.description, opt.kernels, measured.latency_ms, measured.size_bytes)
+        self.optimized_pane.show_what_ran(opt.description, opt.kernels, measured.latency_ms, measured.size_bytes,
+                                          measured.original_latency["median"])
         self.plots.add_point(TradeoffPoint(opt.config, measured.latency_ms, measured.size_bytes,
                                            original_ms=measured.original_latency["median"]))
         self.plots.set_current(opt.config)
