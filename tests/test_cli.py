@@ -16,6 +16,7 @@ def test_compare_json_on_sample_photos(capsys, tmp_path):
     assert o["top1"] is None and o["top5"] is None
     for key in ("latency_ms", "size_bytes", "params", "nonzero_params", "macs"):
         assert key in o and key in q
+    assert q["latency_ratio"] == round(q["latency_ms"]["median"] / o["latency_ms"]["median"], 4)
     assert q["kernels"].startswith("int8") and q["simulated"] is False
     assert 0 <= q["agreement"] <= 1 and q["kl"] >= 0
     assert q["size_bytes"] == (tmp_path / "optimized.pt").stat().st_size
@@ -34,6 +35,7 @@ def test_compare_table_with_a_broken_image(capsys, tmp_path, monkeypatch):
     out = capsys.readouterr().out
     assert code == 0
     assert "simulated" in out and "skipped 1 unreadable" in out and "top-1" in out
+    assert "latency over the original's" in out
     assert not list(temp.glob("workbench-*"))  # without --out the model files are measured, then removed
 
 

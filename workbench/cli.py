@@ -150,6 +150,7 @@ def _table(report: dict) -> str:
         ("mean KL from original", "", f"{q['kl']:.4f}"),
         ("latency median / p90 (ms)", f"{o['latency_ms']['median']:.1f} / {o['latency_ms']['p90']:.1f}",
          f"{q['latency_ms']['median']:.1f} / {q['latency_ms']['p90']:.1f}"),
+        ("latency over the original's", "1.00x", f"{q['latency_ratio']:.2f}x (timed in turns)"),
         ("file size", _fmt_bytes(o["size_bytes"]), _fmt_bytes(q["size_bytes"])),
         ("parameters (non-zero)", f"{o['params']:,} ({o['nonzero_params']:,})",
          f"{q['params']:,} ({q['nonzero_params']:,})"),

@@ -27,6 +27,7 @@ from .measure import (
 from .models import LoadedModel
 from .optimize import OptimizedModel, optimize_steps, relay
 from .process import machine
+from .stats import latency_ratio
 
 
 @dataclass
@@ -125,7 +126,8 @@ def build_report(loaded: LoadedModel, opt: OptimizedModel, settings: MeasureSett
     top1, top5 = ref.accuracy(labels)
     original = {"top1": top1, "top5": top5, **original}
     top1, top5 = new.accuracy(labels)
-    optimized = {"top1": top1, "top5": top5, **optimized,
+    optimized = {"top1": top1, "top5": top5, **optimized,  # the ratio: both timed in the same turns
+                 "latency_ratio": latency_ratio(optimized["latency_ms"]["median"], original["latency_ms"]["median"]),
                  "agreement": agreement(ref, new), "kl": mean_kl(ref, new), "kernels": opt.kernels,
                  "simulated": opt.simulated, "description": opt.description,
                  "float_fallback": opt.float_fallback, "notes": opt.notes, "methods": opt.methods,

@@ -62,14 +62,13 @@ class ModelPane(QGroupBox):
         self._caption: str | None = None
 
     def show_what_ran(self, description: str, kernels: str, median_ms: float | None = None,
-                      size_bytes: int | None = None, original_ms: float | None = None) -> None:
+                      size_bytes: int | None = None, ratio: float | None = None) -> None:
         """What ran, its kernels and, once timed, its median and file (None: still measuring);
-        with ``original_ms`` (the original's median from the same timing in turns) also the ratio,
-        which holds where the machine's speed changes between timings."""
+        ``ratio``: its median over the original's (:func:`.stats.latency_ratio`)."""
         figures = ("measuring…" if median_ms is None else
                    f"median {median_ms:.1f} ms (isolated)  ·  {size_bytes / 1e6:.2f} MB")
-        if median_ms is not None and original_ms:
-            figures += f"  ·  {median_ms / original_ms:.2f}× the original's"
+        if median_ms is not None and ratio is not None:
+            figures += f"  ·  {ratio:.2f}× the original's"
         self.what.setText(f"{description}\nkernels: {kernels}  ·  {figures}")
 
     def set_image(self, image: np.ndarray | QPixmap, caption: str | None = None, fast: bool = False) -> None:

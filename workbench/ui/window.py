@@ -27,6 +27,7 @@ from PySide6.QtWidgets import (
 )
 
 from ..core.config import DEFAULT_MODEL, OptimizationConfig
+from ..core.stats import latency_ratio
 from .config_panel import ConfigPanel
 from .controller import Controller
 from .demo import ShowControls
@@ -367,7 +368,7 @@ class MainWindow(QMainWindow):
         opt = measured.optimized
         self._on_model_ready(opt)
         self.optimized_pane.show_what_ran(opt.description, opt.kernels, measured.latency_ms, measured.size_bytes,
-                                          measured.original_latency["median"])
+                                          latency_ratio(measured.latency_ms, measured.original_latency["median"]))
         self.plots.add_point(TradeoffPoint(opt.config, measured.latency_ms, measured.size_bytes,
                                            original_ms=measured.original_latency["median"]))
         self.plots.set_current(opt.config)
