@@ -14,7 +14,7 @@ from PySide6.QtCore import QObject, Qt, QTimer, Signal
 from PySide6.QtGui import QPalette
 
 from ..core.config import OptimizationConfig
-from ..core.stats import wilson_interval
+from ..core.stats import latency_ratio, wilson_interval
 
 ORIGINAL = (52, 101, 164)
 OPTIMIZED = (230, 126, 34)
@@ -72,7 +72,7 @@ class TradeoffPoint:
 
     def relative(self, original_ms: float) -> float:
         """Latency over the original's: the one timed beside it, else ``original_ms``."""
-        return self.latency_ms / (self.original_ms or original_ms)
+        return latency_ratio(self.latency_ms, self.original_ms or original_ms)
 
 
 class Plots(QObject):
