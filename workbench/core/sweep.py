@@ -482,12 +482,10 @@ def write_sweep(result: dict, out_dir: Path | str, budget_ms: float | None = Non
     writer.writerows(rows)
     write_text(paths["csv"], buf.getvalue())
     write_text(paths["json"], json.dumps(result, indent=1, default=str))
-    if budget_ms is None:  # the front as results.json has it
-        image = plot_front(rows, "latency_ratio", result["accuracy"], result["front_latency"],
-                           title=f"{Y_AXES[result['accuracy']]} against latency: {len(rows)} configurations")
-    else:  # a budget in milliseconds: the rows' own medians
-        image = plot_front(rows, "latency_ms", result["accuracy"], budget=budget_ms,
-                           title=f"{Y_AXES[result['accuracy']]} against latency: {len(rows)} configurations")
+    # the front as results.json has it; against a budget in milliseconds, the rows' own medians
+    x, front = ("latency_ratio", result["front_latency"]) if budget_ms is None else ("latency_ms", None)
+    image = plot_front(rows, x, result["accuracy"], front, budget=budget_ms,
+                       title=f"{Y_AXES[result['accuracy']]} against latency: {len(rows)} configurations")
     with atomic_path(paths["png"]) as tmp:
         image.save(tmp, format="PNG")
     return paths
