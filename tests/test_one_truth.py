@@ -349,6 +349,23 @@ def test_gui_chores_wait_while_a_latency_is_timed(qtbot):
         w.deleteLater()
 
 
+def test_the_agreement_legend_names_only_the_lines_it_draws(qtbot):
+    """Without labels only the optimized model has a line (its agreement with the original):
+    no legend entry for a line that is never drawn."""
+    from workbench.ui.plots import Plots
+
+    plots = Plots()
+    names = lambda: [label.text for _, label in plots.accuracy.getPlotItem().legend.items]  # noqa: E731
+    for key in ("original", "optimized"):
+        plots.reset_accuracy(key, labelled=False)
+    assert names() == ["optimized, with the original"]
+    for key in ("original", "optimized"):
+        plots.reset_accuracy(key, labelled=True)
+    assert names() == ["original", "optimized"]
+    for w in plots.widgets():
+        w.deleteLater()
+
+
 def test_latency_plot_starts_at_zero(qtbot):
     """Two nearly equal medians must not fill the plot's height (auto-range zooms into 0.2 ms)."""
     from workbench.ui.plots import Plots

@@ -147,3 +147,32 @@ def test_layers_view_sensitivity_overrides_and_recovery(qtbot, window, monkeypat
     qtbot.waitUntil(lambda: any("distillation" in m for m in window.measured.optimized.methods), timeout=LONG)
     layers.clear_overrides()
     qtbot.waitUntil(lambda: window.shown_config is not None and not window.shown_config.exclude, timeout=LONG)
+
+
+def test_both_panes_draw_the_frame_at_one_size(qtbot):
+    """A longer text under the optimized pane (e.g. "no speedup expected" wrapping) must not
+    draw its frame smaller than the original's: the two are compared side by side."""
+    import numpy as np
+    from PySide6.QtWidgets import QHBoxLayout, QWidget
+
+    from workbench.ui.panes import ModelPane
+
+    box = QWidget()
+    row = QHBoxLayout(box)
+    original, optimized = ModelPane("Original", "original"), ModelPane("Optimized", "optimized")
+    original.pair_with(optimized)
+    row.addWidget(original)
+    row.addWidget(optimized)
+    qtbot.addWidget(box)
+    box.resize(620, 520)
+    box.show()
+    frame = np.zeros((300, 300, 3), np.uint8)
+    for pane in (original, optimized):
+        pane.set_image(frame)
+        pane.show_what_ran("unchanged (fp32)", "fp32", 14.0, 18_870_000, 1.0)
+    optimized.show_what_ran("50% zeros in dense kernels: no speedup expected, and more words to make the "
+                            "line wrap once more in a narrow pane", "fp32", 14.0, 10_150_000, 1.0)
+    qtbot.waitUntil(lambda: optimized.image.height() < original.image.height(), timeout=5000)
+    qtbot.wait(50)
+    assert optimized.image.pixmap().size() == original.image.pixmap().size()
+    assert original.image.pixmap().height() <= optimized.image.height()

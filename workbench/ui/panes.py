@@ -60,6 +60,12 @@ class ModelPane(QGroupBox):
         layout.addWidget(self.what)
         self._pixmap: QPixmap | None = None
         self._caption: str | None = None
+        self._partner: ModelPane | None = None
+
+    def pair_with(self, other: ModelPane) -> None:
+        """Draw this pane's image and ``other``'s at one size, the smaller of their two areas:
+        the text under one pane may run longer without shrinking only its frame."""
+        self._partner, other._partner = other, self
 
     def show_what_ran(self, description: str, kernels: str, median_ms: float | None = None,
                       size_bytes: int | None = None, ratio: float | None = None) -> None:
@@ -81,13 +87,18 @@ class ModelPane(QGroupBox):
     def eventFilter(self, watched, event):  # noqa: N802 - Qt override
         if watched is self.image and event.type() == QEvent.Type.Resize:
             self._rescale()
+            if self._partner is not None:
+                self._partner._rescale()
         return super().eventFilter(watched, event)
 
     def _rescale(self, fast: bool = False) -> None:
         if self._pixmap is None:
             return
         mode = Qt.TransformationMode.FastTransformation if fast else Qt.TransformationMode.SmoothTransformation
-        scaled = self._pixmap.scaled(self.image.size(), Qt.AspectRatioMode.KeepAspectRatio, mode)
+        area = self.image.size()
+        if self._partner is not None and self._partner.isVisible():
+            area = area.boundedTo(self._partner.image.size())
+        scaled = self._pixmap.scaled(area, Qt.AspectRatioMode.KeepAspectRatio, mode)
         if self._caption:
             painter = QPainter(scaled)
             band = round(26 * self.scale)

@@ -179,6 +179,11 @@ class Plots(QObject):
     def reset_accuracy(self, which: str, labelled: bool) -> None:
         self.acc_history[which] = []
         self.accuracy.setTitle("Accuracy" if labelled else "Agreement (no labels)")
+        # without labels only the optimized model has a line (its top-1 against the original's)
+        legend = self.accuracy.getPlotItem().legend
+        legend.clear()
+        for key in ("original", "optimized") if labelled else ("optimized",):
+            legend.addItem(self.acc_curves[key], key if labelled else "optimized, with the original")
         self.accuracy.setLabel("left", "top-1" if labelled else "agreement")
         self.tradeoff.setLabel("left", "top-1" if labelled else "agreement")
         self.follow_palette()

@@ -134,6 +134,7 @@ class MainWindow(QMainWindow):
         panes.setContentsMargins(0, 0, 0, 0)
         self.original_pane = ModelPane("Original", "original")
         self.optimized_pane = ModelPane("Optimized", "optimized")
+        self.original_pane.pair_with(self.optimized_pane)
         panes.addWidget(self.original_pane)
         panes.addWidget(self.optimized_pane)
         nav = QHBoxLayout()
