@@ -144,6 +144,28 @@ def test_differences_list_the_changed_frames_most_confident_first():
 
 
 @pytest.mark.gui
+def test_where_they_differ_keeps_both_predictions_in_view(qtbot):
+    """Long file names must not push the original's and the optimized model's classes out of
+    the visible width; a shortened cell keeps its whole text in its tooltip."""
+    from workbench.ui.differences import DifferencesView
+
+    view = DifferencesView()
+    qtbot.addWidget(view)
+    view.resize(620, 400)
+    view.show()
+    classes = ["American Staffordshire terrier", "Staffordshire bull terrier"]
+    row = {"index": 3, "name": "n02093428_American_Staffordshire_terrier_and_a_long_name.JPEG", "label": 0,
+           "original": 0, "original_p": 0.55, "optimized": 1, "optimized_p": 0.41, "shift": -0.3}
+    view.show_rows([row], 200, classes)
+    qtbot.wait(50)
+    header = view.table.horizontalHeader()
+    assert sum(header.sectionSize(c) for c in range(header.count())) <= view.table.viewport().width()
+    assert not view.table.horizontalScrollBar().isVisible()
+    assert view.table.item(0, 3).toolTip() == "Staffordshire bull terrier 41%"
+    assert view.table.item(0, 0).toolTip() == row["name"]
+
+
+@pytest.mark.gui
 def test_where_they_differ_shows_a_changed_image_in_both_panes(qtbot, window):
     w = window
     w.set_config(OptimizationConfig(bits=3))  # 3-bit weights change some of four random images

@@ -432,6 +432,8 @@ def test_trade_off_plot_latency_starts_at_zero(qtbot):
     plots.redraw()
     low, high = plots.tradeoff.getViewBox().viewRange()[0]
     assert low == 0 and 1.0 < high < 1.25
+    bottom, top = plots.tradeoff.getViewBox().viewRange()[1]  # the legend (top left) clears every point
+    assert bottom < 0.833 and (top - 0.875) / (top - bottom) >= 0.2
     vb = plots.tradeoff.getViewBox()  # a user's zoom (here on the latency axis alone) stays
     vb.setXRange(0.98, 1.01, padding=0)
     vb.sigRangeChangedManually.emit([True, False])
@@ -459,6 +461,22 @@ def test_allocation_plot_spans_every_layer_before_sensitivity(qtbot):
     view.show_allocation({"sparsity": {n: 0.5 for n in names}}, names)
     low, high = view.allocation.getViewBox().viewRange()[0]
     assert low <= 0 and high >= 63
+
+
+def test_a_structured_allocation_is_drawn_per_layer_of_its_blocks(qtbot):
+    """Structured pruning's allocation is per block (kept share of hidden channels): each layer of
+    a block shows the share removed; the stem and the head, outside any block, show none."""
+    from workbench.ui.layers import LayersView
+
+    view = LayersView()
+    qtbot.addWidget(view)
+    names = ["stem.conv", "blocks.1.0.conv_pw", "blocks.1.0.conv_dw", "blocks.1.0.conv_pwl",
+             "blocks.10.0.conv_pw", "head.conv", "classifier"]
+    view.show_allocation({"kept_channels": {"blocks.1.0": 0.75, "blocks.10.0": 0.5}}, names)
+    heights = list(view.alloc_bars.opts["height"])
+    assert heights == pytest.approx([0, 25, 25, 25, 50, 0, 0])
+    assert "channels removed" in view.allocation.getAxis("left").labelText
+    assert "kept_channels" not in view.allocation.getPlotItem().titleLabel.text
 
 
 _MALLOC_PROBE = """

@@ -3,8 +3,16 @@ click one to show it in both panes."""
 
 from __future__ import annotations
 
-from PySide6.QtCore import Signal
-from PySide6.QtWidgets import QAbstractItemView, QLabel, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QHeaderView,
+    QLabel,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
 
 COLUMNS = ("image", "true label", "original", "optimized", "shift")
 
@@ -20,9 +28,15 @@ class DifferencesView(QWidget):
         self.table.setHorizontalHeaderLabels(COLUMNS)
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
-        self.table.horizontalHeader().setStretchLastSection(True)
+        # every column in view (long file names must not push the two predictions off to the right):
+        # the names share the width, shortened in the middle; a cell's tooltip has its whole text
+        header = self.table.horizontalHeader()
+        header.setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
+        header.setSectionResizeMode(len(COLUMNS) - 1, QHeaderView.ResizeMode.ResizeToContents)
+        self.table.setTextElideMode(Qt.TextElideMode.ElideMiddle)
         self.table.setToolTip("Images whose top-1 the optimized model changed; shift: the confidence it gives "
                               "the original's class, minus the original's. Click one to show it in both panes")
+        header.setToolTip(self.table.toolTip())  # a cell's own tooltip is its whole text
         self.table.cellClicked.connect(lambda row, _: self.frame_clicked.emit(self.rows[row]["index"]))
         layout = QVBoxLayout(self)
         layout.addWidget(self.summary)
@@ -42,5 +56,6 @@ class DifferencesView(QWidget):
             values = (row["name"], name(row["label"]), f"{name(row['original'])} {row['original_p']:.0%}",
                       f"{name(row['optimized'])} {row['optimized_p']:.0%}", f"{row['shift']:+.0%}")
             for c, text in enumerate(values):
-                self.table.setItem(r, c, QTableWidgetItem(text))
-        self.table.resizeColumnsToContents()
+                item = QTableWidgetItem(text)
+                item.setToolTip(text)
+                self.table.setItem(r, c, item)

@@ -88,6 +88,11 @@ class LayersView(QWidget):
         elif kind == "bits":
             heights = [values.get(n, 32) for n in self.names]
             self.allocation.setLabel("left", "bits")
+        elif kind == "kept_channels":  # per block: each of its layers shows the share of hidden channels removed
+            block = {n: b for n in self.names for b in values if n.startswith(b + ".")}
+            heights = [100 * (1 - values[block[n]]) if n in block else 0.0 for n in self.names]
+            self.allocation.setLabel("left", "channels removed %")
+            kind = "hidden channels removed per block"
         else:
             heights = []
         self.alloc_bars.setOpts(x=np.arange(len(heights)), height=heights)

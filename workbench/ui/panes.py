@@ -5,7 +5,16 @@ from __future__ import annotations
 import numpy as np
 from PySide6.QtCore import QEvent, Qt
 from PySide6.QtGui import QColor, QImage, QPainter, QPalette, QPixmap
-from PySide6.QtWidgets import QGridLayout, QGroupBox, QLabel, QProgressBar, QSizePolicy, QVBoxLayout
+from PySide6.QtWidgets import (
+    QGridLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QProgressBar,
+    QSizePolicy,
+    QVBoxLayout,
+    QWidget,
+)
 
 
 def to_pixmap(rgb: np.ndarray) -> QPixmap:
@@ -13,6 +22,18 @@ def to_pixmap(rgb: np.ndarray) -> QPixmap:
     h, w, _ = rgb.shape
     image = QImage(rgb.data, w, h, 3 * w, QImage.Format.Format_RGB888)
     return QPixmap.fromImage(image.copy())
+
+
+def side_by_side(box: QWidget) -> tuple[ModelPane, ModelPane]:
+    """The original's and the optimized model's panes in ``box``: always of one width, their
+    frames drawn at one size, whatever the text under either (e.g. a simulated bit width's)."""
+    row = QHBoxLayout(box)
+    row.setContentsMargins(0, 0, 0, 0)
+    original, optimized = ModelPane("Original", "original"), ModelPane("Optimized", "optimized")
+    original._partner, optimized._partner = optimized, original
+    for pane in (original, optimized):
+        row.addWidget(pane, 1)  # equal stretch: the width is shared by halves, not by the text's length
+    return original, optimized
 
 
 class ModelPane(QGroupBox):
@@ -60,12 +81,7 @@ class ModelPane(QGroupBox):
         layout.addWidget(self.what)
         self._pixmap: QPixmap | None = None
         self._caption: str | None = None
-        self._partner: ModelPane | None = None
-
-    def pair_with(self, other: ModelPane) -> None:
-        """Draw this pane's image and ``other``'s at one size, the smaller of their two areas:
-        the text under one pane may run longer without shrinking only its frame."""
-        self._partner, other._partner = other, self
+        self._partner: ModelPane | None = None  # the other pane of :func:`side_by_side`
 
     def show_what_ran(self, description: str, kernels: str, median_ms: float | None = None,
                       size_bytes: int | None = None, ratio: float | None = None) -> None:
@@ -95,7 +111,7 @@ class ModelPane(QGroupBox):
         if self._pixmap is None:
             return
         mode = Qt.TransformationMode.FastTransformation if fast else Qt.TransformationMode.SmoothTransformation
-        area = self.image.size()
+        area = self.image.size()  # the smaller of the two panes' areas: one size side by side
         if self._partner is not None and self._partner.isVisible():
             area = area.boundedTo(self._partner.image.size())
         scaled = self._pixmap.scaled(area, Qt.AspectRatioMode.KeepAspectRatio, mode)

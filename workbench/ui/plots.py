@@ -265,12 +265,12 @@ class Plots(QObject):
         self.scatter.setData(spots)
         self.front_curve.setData(*self.front())
         if not self.tradeoff_zoomed:  # keep every point in view
-            vb = self.tradeoff.getPlotItem().vb
-            vb.enableAutoRange(y=True)
-            slowest = max((p.relative(reference) for p in self.points if p.score is not None), default=None)
+            slowest = max((p.relative(reference) for p in scored), default=None)
             if slowest:  # latency from zero: 0.99x must not look like a speedup
                 self.tradeoff.setXRange(0, slowest * 1.2, padding=0)  # room for the slowest marker
-            vb.updateAutoRange()
+                low, high = min(p.score for p in scored), max(p.score for p in scored)
+                span = max(high - low, 0.01)  # the top quarter stays free for the legend (top left)
+                self.tradeoff.setYRange(low - 0.1 * span, high + 0.4 * span, padding=0)
 
     def front(self) -> tuple[list[float], list[float]]:
         """The Pareto front of the scored points (best accuracy for a given latency) as a step line."""

@@ -37,7 +37,7 @@ from .icon import app_icon
 from .layers import LayersView
 from .live_view import LiveDisplay
 from .menus import build_menus, open_folder
-from .panes import ModelPane
+from .panes import side_by_side
 from .plots import Plots, TradeoffPoint, follow_palette
 from .settings import SIZE, SPLIT, WindowMemory
 
@@ -130,13 +130,7 @@ class MainWindow(QMainWindow):
         outer.addLayout(controls)
 
         self.panes_box = QWidget(objectName="panesBox", focusPolicy=Qt.FocusPolicy.StrongFocus)
-        panes = QHBoxLayout(self.panes_box)
-        panes.setContentsMargins(0, 0, 0, 0)
-        self.original_pane = ModelPane("Original", "original")
-        self.optimized_pane = ModelPane("Optimized", "optimized")
-        self.original_pane.pair_with(self.optimized_pane)
-        panes.addWidget(self.original_pane)
-        panes.addWidget(self.optimized_pane)
+        self.original_pane, self.optimized_pane = side_by_side(self.panes_box)
         nav = QHBoxLayout()
         self.prev_button = QPushButton("◀ prev", objectName="previousButton", toolTip="Previous image (Left)")
         self.play_button = QPushButton("▶ play", objectName="playButton", checkable=True,
