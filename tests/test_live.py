@@ -3,7 +3,7 @@
 import threading
 
 import pytest
-from PySide6.QtWidgets import QSlider
+from PySide6.QtWidgets import QLabel, QSlider
 
 from workbench.core.config import BIT_STOPS
 from workbench.core.live import LiveSession, make_test_video
@@ -45,6 +45,12 @@ def test_window_live_mode_swaps_model_and_shuts_down_cleanly(qtbot, video):
     assert w.live is live and live.grabber.is_alive()  # swapped without stopping the stream
     shown = w.live_display.stats["displayed"]
     qtbot.waitUntil(lambda: w.live_display.stats["displayed"] > shown, timeout=LONG)
+    # the agreement plot draws the live agreement of the model now shown, over the frames compared
+    qtbot.waitUntil(lambda: len(w.plots.acc_history["optimized"]) > 0, timeout=LONG)
+    assert w.plots.accuracy.getAxis("bottom").labelText == "live frames compared"
+    # once int8 runs on ONNX Runtime, the status says so (not "quantizing it…" for good)
+    status = w.findChild(QLabel, "statusText")
+    qtbot.waitUntil(lambda: "now runs on ONNX Runtime int8" in status.text(), timeout=LONG)
     source = w.ws.source
     w.close()
     assert not any(t.is_alive() for t in live.threads)

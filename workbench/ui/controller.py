@@ -218,7 +218,10 @@ class Controller(QObject):
         def swap(result):
             model, runtime = result
             if self.live is not None and self.current is opt:
+                changed = model is not opt.model
                 self.live.set_optimized(model, runtime, owner=opt)
+                if changed:  # the progress steps ("quantizing it…") must not stay as the last word
+                    self._say(f"live: the optimized model now runs on {runtime}")
 
         self.runner.submit("live-runtime", live_runtime_steps, opt, self.ws.calibration(self.settings.calibration_images),
                            self.ws.out_dir / "live", on_result=swap, on_progress=self._on_progress,

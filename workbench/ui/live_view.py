@@ -50,6 +50,7 @@ class LiveDisplay(QObject):
             frame_label, status
         self.stats = {"displayed": 0, "last_seq": 0}
         self._notice: str | None = None
+        self._plotted = (None, 0)  # (optimized model, frames compared) last drawn in the agreement plot
         self.timer = QTimer(self, timerType=Qt.TimerType.PreciseTimer)
         self.timer.timeout.connect(self._on_tick)
         controller.live_changed.connect(self._on_live_changed)
@@ -58,7 +59,8 @@ class LiveDisplay(QObject):
         if on:
             self.agreement = LiveAgreement()
             for key in ("original", "optimized"):
-                self.plots.reset_accuracy(key, labelled=False)
+                self.plots.reset_accuracy(key, labelled=False, counted="live frames compared")
+            self._plotted = (None, 0)  # (optimized model, frames compared) last drawn
             self.stats = {"displayed": 0, "last_seq": 0}
             # poll well above the source rate: a late tick still shows the newest frame
             self.timer.start(max(4, int(250 / self.c.live.grabber.fps)))
@@ -121,6 +123,7 @@ class LiveDisplay(QObject):
             if owner is not None and value is not None:  # the trade-off's y: agreement on the live frames
                 self.plots.update_point(owner.config, value)
                 self.plots.update_point(type(owner.config)(), 1.0)
+                self._plot_agreement(owner)
         error = live.grabber.error or live.original.error or live.optimized.error
         if live.grabber.error:
             self.c.live_failed(live.grabber.error)
@@ -132,3 +135,12 @@ class LiveDisplay(QObject):
         elif live.grabber.ended and not live.grabber.is_alive():
             self.status(f"{ws.source.name}: end of video", False)
             self.timer.stop()
+
+    def _plot_agreement(self, owner) -> None:
+        """The running agreement of the optimized model now live; a new one starts a new curve."""
+        plotted, total = self._plotted
+        if owner is not plotted:
+            self.plots.reset_accuracy("optimized", labelled=False, counted="live frames compared")
+        if owner is not plotted or self.agreement.total != total:
+            self.plots.add_accuracy("optimized", self.agreement.total, self.agreement.agree, self.agreement.total)
+            self._plotted = (owner, self.agreement.total)

@@ -255,7 +255,8 @@ configuration by it.</li>
 preparation's child process while one runs).</li>
 <li><b>Accuracy</b> (measured): top-1 on the images whose folder or file names give the class, with
 a 95 % Wilson interval; on unlabelled images, how often the optimized model agrees with the
-original. Live: agreement on the frames both models saw.</li>
+original. Live: the running agreement on the frames both models saw, over the frames compared,
+started again for each configuration.</li>
 <li><b>Trade-off</b>: each configuration tried, at its accuracy and its latency over the original's
 (the two timed in turns, so a machine whose speed changes between timings moves both and not the
 ratio; hover a point for both medians); the size of a point is its file size. Click one to go back

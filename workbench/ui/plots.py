@@ -18,6 +18,7 @@ from ..core.stats import latency_ratio, wilson_interval
 
 ORIGINAL = (52, 101, 164)
 OPTIMIZED = (230, 126, 34)
+ACCURACY_POINTS = 10_000  # per curve: a long live session keeps its newest 40 minutes or so
 pg.setConfigOptions(antialias=True, background="w", foreground="k")
 
 
@@ -84,9 +85,11 @@ class Plots(QObject):
     def __init__(self, parent=None, window: int = 200):
         super().__init__(parent)
         self.latency = _plot("latencyPlot", "Latency, measured alone", "ms", "configuration tried", counts=True)
+        self.latency.getPlotItem().legend.setOffset((5, -5))  # bottom left: the axis starts at zero, lines run high
         self.memory = _plot("memoryPlot", "Model file size", "MB", "")
         self.rss = _plot("rssPlot", "Process memory", "MB", "s")
         self.accuracy = _plot("accuracyPlot", "Accuracy", "top-1", "images evaluated")
+        self.accuracy.getPlotItem().legend.setOffset((-5, -5))  # bottom right: the curves run high
         self.tradeoff = _plot("tradeoffPlot", "Trade-off (click a point)", "top-1", "latency, × the original's")
         self.tradeoff.setToolTip("Each configuration tried at its accuracy and its latency over the original's, the "
                                  "two timed in turns (a machine whose speed changes between timings moves both); the "
@@ -128,7 +131,8 @@ class Plots(QObject):
             self.accuracy.addItem(band)
             self.acc_bands[key] = (lo, hi, band)
         self.accuracy.setYRange(0, 1)
-        self.acc_history: dict[str, list[tuple[int, float, float, float]]] = {"original": [], "optimized": []}
+        self.acc_history: dict[str, deque[tuple[int, float, float, float]]] = {
+            k: deque(maxlen=ACCURACY_POINTS) for k in ("original", "optimized")}
         self.points: list[TradeoffPoint] = []
         self.current: OptimizationConfig | None = None
         self.scatter = pg.ScatterPlotItem(hoverable=True, tip=self._tip)
@@ -176,8 +180,11 @@ class Plots(QObject):
             t.setPos(x, h)
         self.memory.setYRange(0, max(heights + [0.1]) * 1.2)
 
-    def reset_accuracy(self, which: str, labelled: bool) -> None:
-        self.acc_history[which] = []
+    def reset_accuracy(self, which: str, labelled: bool, counted: str = "images evaluated") -> None:
+        """Start ``which``'s accuracy curve again: top-1 when ``labelled``, else its agreement with
+        the original, over ``counted`` (the x axis: images evaluated, or live frames compared)."""
+        self.acc_history[which] = deque(maxlen=ACCURACY_POINTS)
+        self.accuracy.setLabel("bottom", counted)
         self.accuracy.setTitle("Accuracy" if labelled else "Agreement (no labels)")
         # without labels only the optimized model has a line (its top-1 against the original's)
         legend = self.accuracy.getPlotItem().legend
