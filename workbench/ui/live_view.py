@@ -12,6 +12,7 @@ from PySide6.QtCore import QObject, Qt, QTimer
 from .panes import to_pixmap
 
 TEXT_PERIOD_S = 0.25  # top-5 bars and figures; the video and its top-1 caption follow every frame
+LIVE_AGREEMENT_POINTS = 600  # the agreement plot in live mode: a point a second, the newest ten minutes
 
 
 class LiveAgreement:
@@ -50,7 +51,7 @@ class LiveDisplay(QObject):
             frame_label, status
         self.stats = {"displayed": 0, "last_seq": 0}
         self._notice: str | None = None
-        self._plotted = (None, 0)  # (optimized model, frames compared) last drawn in the agreement plot
+        self._plotted = (None, 0.0)  # (optimized model, time) of the agreement plot's last point
         self.timer = QTimer(self, timerType=Qt.TimerType.PreciseTimer)
         self.timer.timeout.connect(self._on_tick)
         controller.live_changed.connect(self._on_live_changed)
@@ -60,7 +61,7 @@ class LiveDisplay(QObject):
             self.agreement = LiveAgreement()
             for key in ("original", "optimized"):
                 self.plots.reset_accuracy(key, labelled=False, counted="live frames compared")
-            self._plotted = (None, 0)  # (optimized model, frames compared) last drawn
+            self._plotted = (None, 0.0)
             self.stats = {"displayed": 0, "last_seq": 0}
             # poll well above the source rate: a late tick still shows the newest frame
             self.timer.start(max(4, int(250 / self.c.live.grabber.fps)))
@@ -137,10 +138,14 @@ class LiveDisplay(QObject):
             self.timer.stop()
 
     def _plot_agreement(self, owner) -> None:
-        """The running agreement of the optimized model now live; a new one starts a new curve."""
-        plotted, total = self._plotted
+        """The running agreement of the optimized model now live, a point a second (the newest
+        ten minutes; a few points to redraw, the display first); a new model starts a new curve."""
+        plotted, at = self._plotted
+        now = time.monotonic()
         if owner is not plotted:
-            self.plots.reset_accuracy("optimized", labelled=False, counted="live frames compared")
-        if owner is not plotted or self.agreement.total != total:
-            self.plots.add_accuracy("optimized", self.agreement.total, self.agreement.agree, self.agreement.total)
-            self._plotted = (owner, self.agreement.total)
+            self.plots.reset_accuracy("optimized", labelled=False, counted="live frames compared",
+                                      points=LIVE_AGREEMENT_POINTS)
+        elif now - at < 1.0:
+            return
+        self.plots.add_accuracy("optimized", self.agreement.total, self.agreement.agree, self.agreement.total)
+        self._plotted = (owner, now)

@@ -18,7 +18,7 @@ from ..core.stats import latency_ratio, wilson_interval
 
 ORIGINAL = (52, 101, 164)
 OPTIMIZED = (230, 126, 34)
-ACCURACY_POINTS = 10_000  # per curve: a long live session keeps its newest 40 minutes or so
+ACCURACY_POINTS = 10_000  # per curve (a folder's images)
 pg.setConfigOptions(antialias=True, background="w", foreground="k")
 
 
@@ -180,10 +180,12 @@ class Plots(QObject):
             t.setPos(x, h)
         self.memory.setYRange(0, max(heights + [0.1]) * 1.2)
 
-    def reset_accuracy(self, which: str, labelled: bool, counted: str = "images evaluated") -> None:
+    def reset_accuracy(self, which: str, labelled: bool, counted: str = "images evaluated",
+                       points: int = ACCURACY_POINTS) -> None:
         """Start ``which``'s accuracy curve again: top-1 when ``labelled``, else its agreement with
-        the original, over ``counted`` (the x axis: images evaluated, or live frames compared)."""
-        self.acc_history[which] = deque(maxlen=ACCURACY_POINTS)
+        the original, over ``counted`` (the x axis: images evaluated, or live frames compared),
+        keeping its newest ``points``."""
+        self.acc_history[which] = deque(maxlen=points)
         self.accuracy.setLabel("bottom", counted)
         self.accuracy.setTitle("Accuracy" if labelled else "Agreement (no labels)")
         # without labels only the optimized model has a line (its top-1 against the original's)
