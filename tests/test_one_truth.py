@@ -463,6 +463,26 @@ def test_allocation_plot_spans_every_layer_before_sensitivity(qtbot):
     assert low <= 0 and high >= 63
 
 
+def test_layers_not_measured_do_not_look_measured(qtbot):
+    """Before Measure sensitivity, an allocation gives the view its layer names: the sensitivity
+    plot must not then draw one solid bar per layer (read as "all equally sensitive")."""
+    from workbench.core.sensitivity import LayerSensitivity
+    from workbench.ui.layers import LayersView
+
+    view = LayersView()
+    qtbot.addWidget(view)
+    names = [f"layer{i}" for i in range(4)]
+    view.show_allocation({"sparsity": {n: 0.5 for n in names}}, names)
+    view._redraw()
+    solid = lambda: [b.color().alpha() == 255 for b in view.sens_bars.opts["brushes"]]  # noqa: E731
+    assert solid() == [False] * 4
+    assert "not measured" in view.sensitivity.getPlotItem().titleLabel.text
+    view.show_sensitivity({n: LayerSensitivity(n, 10, 0.01 * (i + 1), 0.9) for i, n in enumerate(names)},
+                          "rounded to 4 bits")
+    assert solid() == [True] * 4
+    assert "not measured" not in view.sensitivity.getPlotItem().titleLabel.text
+
+
 def test_a_structured_allocation_is_drawn_per_layer_of_its_blocks(qtbot):
     """Structured pruning's allocation is per block (kept share of hidden channels): each layer of
     a block shows the share removed; the stem and the head, outside any block, show none."""

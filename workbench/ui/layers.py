@@ -105,9 +105,16 @@ class LayersView(QWidget):
         self.sensitivity.setXRange(-0.6, max(len(self.names), 1) - 0.4, padding=0)
 
     def _redraw(self) -> None:
-        heights = [math.log10(self._sens[n].kl) if n in self._sens else 0.0 for n in self.names]
-        low = min(heights + [0.0]) - 0.5
-        brushes = [pg.mkBrush(*(EXCLUDED if n in self.excluded else (52, 101, 164))) for n in self.names]
+        # a layer not measured is a faint full-height outline (something to click), never a bar that
+        # reads as a measurement; the title says when nothing is measured yet
+        measured = [math.log10(self._sens[n].kl) for n in self.names if n in self._sens]
+        low, top = min(measured + [0.0]) - 0.5, max(measured + [0.0])
+        heights = [math.log10(self._sens[n].kl) if n in self._sens else top for n in self.names]
+        brushes = [pg.mkBrush(*EXCLUDED) if n in self.excluded else
+                   pg.mkBrush(52, 101, 164) if n in self._sens else pg.mkBrush(160, 160, 160, 40)
+                   for n in self.names]
+        if not measured:
+            self.sensitivity.setTitle("Layer sensitivity: not measured yet (Measure sensitivity; click a layer)")
         self.sens_bars.setOpts(x=np.arange(len(heights)), y0=low, height=[h - low for h in heights],
                                brushes=brushes)
         self._fit_layers()

@@ -32,7 +32,10 @@ def side_by_side(box: QWidget) -> tuple[ModelPane, ModelPane]:
     original, optimized = ModelPane("Original", "original"), ModelPane("Optimized", "optimized")
     original._partner, optimized._partner = optimized, original
     for pane in (original, optimized):
-        row.addWidget(pane, 1)  # equal stretch: the width is shared by halves, not by the text's length
+        # equal stretch: the width is shared by halves, not by the text's length; an explicit minimum
+        # so that a long title (demo mode's larger type) is cut at the pane's edge, not widening it
+        pane.setMinimumWidth(160)
+        row.addWidget(pane, 1)
     return original, optimized
 
 
