@@ -163,6 +163,12 @@ def test_where_they_differ_keeps_both_predictions_in_view(qtbot):
     assert not view.table.horizontalScrollBar().isVisible()
     assert view.table.item(0, 3).toolTip() == "Staffordshire bull terrier 41%"
     assert view.table.item(0, 0).toolTip() == row["name"]
+    # the images that calibrate (before the report's scored.first) say so: their figures are optimistic
+    later = {**row, "index": 150, "name": "n01440764_tench.JPEG", "shift": -0.1}
+    view.show_rows([row, later], 200, classes, scored_from=128)
+    assert "1 among the 128 that calibrate" in view.summary.text()
+    assert view.table.item(0, 0).text().startswith("calibrates: ")
+    assert view.table.item(1, 0).text() == "n01440764_tench.JPEG"
 
 
 @pytest.mark.gui

@@ -43,9 +43,14 @@ class DifferencesView(QWidget):
         layout.addWidget(self.table, 1)
         self.rows: list[dict] = []
 
-    def show_rows(self, rows: list[dict], total: int, classes: list[str]) -> None:
+    def show_rows(self, rows: list[dict], total: int, classes: list[str], scored_from: int = 0) -> None:
+        """``scored_from``: the first frame the accuracy figures count (the report's
+        ``scored.first``); the frames before it calibrate, and their rows say so."""
         self.rows = rows
-        self.summary.setText(f"{len(rows)} of {total} images changed their top-1 class"
+        calibrating = sum(row["index"] < scored_from for row in rows)
+        where = (f" ({calibrating} among the {scored_from} that calibrate, marked \"calibrates:\")"
+                 if calibrating else "")
+        self.summary.setText(f"{len(rows)} of {total} images changed their top-1 class{where}"
                              + (": most confident change first" if rows else ""))
         self.table.setRowCount(len(rows))
 
@@ -53,7 +58,8 @@ class DifferencesView(QWidget):
             return "" if i is None else (classes[i] if i < len(classes) else str(i))
 
         for r, row in enumerate(rows):
-            values = (row["name"], name(row["label"]), f"{name(row['original'])} {row['original_p']:.0%}",
+            image = ("calibrates: " if row["index"] < scored_from else "") + row["name"]  # kept when shortened
+            values = (image, name(row["label"]), f"{name(row['original'])} {row['original_p']:.0%}",
                       f"{name(row['optimized'])} {row['optimized_p']:.0%}", f"{row['shift']:+.0%}")
             for c, text in enumerate(values):
                 item = QTableWidgetItem(text)

@@ -229,7 +229,8 @@ class MainWindow(QMainWindow):
         c.evaluation_started.connect(lambda labelled: [self.plots.reset_accuracy(k, labelled)
                                                        for k in ("original", "optimized")])
         c.evaluated.connect(self._on_evaluated)
-        c.differences_ready.connect(lambda rows, n: self.differences.show_rows(rows, n, c.ws.loaded.classes))
+        c.differences_ready.connect(lambda rows, n: self.differences.show_rows(
+            rows, n, c.ws.loaded.classes, (c.report() or {}).get("scored", {}).get("first", 0)))
         self.differences.frame_clicked.connect(c.show_frame)
         c.sensitivity_ready.connect(lambda r: self.layers.show_sensitivity(r["layers"], r["probe"]))
         c.live_changed.connect(self._on_live_changed)
