@@ -107,9 +107,9 @@ class LayersView(QWidget):
     def _redraw(self) -> None:
         # a layer not measured is a faint full-height outline (something to click), never a bar that
         # reads as a measurement; the title says when nothing is measured yet
-        measured = [math.log10(self._sens[n].kl) for n in self.names if n in self._sens]
-        low, top = min(measured + [0.0]) - 0.5, max(measured + [0.0])
-        heights = [math.log10(self._sens[n].kl) if n in self._sens else top for n in self.names]
+        measured = {n: math.log10(self._sens[n].kl) for n in self.names if n in self._sens}
+        low, top = min([*measured.values(), 0.0]) - 0.5, max([*measured.values(), 0.0])
+        heights = [measured.get(n, top) for n in self.names]
         brushes = [pg.mkBrush(*EXCLUDED) if n in self.excluded else
                    pg.mkBrush(52, 101, 164) if n in self._sens else pg.mkBrush(160, 160, 160, 40)
                    for n in self.names]

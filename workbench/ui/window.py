@@ -230,7 +230,7 @@ class MainWindow(QMainWindow):
                                                        for k in ("original", "optimized")])
         c.evaluated.connect(self._on_evaluated)
         c.differences_ready.connect(lambda rows, n: self.differences.show_rows(
-            rows, n, c.ws.loaded.classes, (c.report() or {}).get("scored", {}).get("first", 0)))
+            rows, n, c.ws.loaded.classes, c.report()["scored"]["first"]))  # the report comes first
         self.differences.frame_clicked.connect(c.show_frame)
         c.sensitivity_ready.connect(lambda r: self.layers.show_sensitivity(r["layers"], r["probe"]))
         c.live_changed.connect(self._on_live_changed)
